@@ -1,0 +1,296 @@
+"""The ``pneumoscope`` command line: a thin layer over the Python API.
+
+User mistakes (bad paths, unreadable images, wrong config) are :class:`PneumoscopeError`
+and print as one ``error: …`` line with exit status 2; warnings print as ``warning: …``.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+import warnings
+from enum import Enum
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import typer
+
+from .errors import PneumoscopeError
+
+app = typer.Typer(
+    name="pneumoscope",
+    help="Explainable pneumonia detection on chest X-rays: train, evaluate, predict, explain.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+class Precision(str, Enum):
+    auto = "auto"
+    fp32 = "fp32"
+    bf16 = "bf16"
+
+
+class ValSource(str, Enum):
+    split = "split"
+    val = "val"
+    test = "test"
+
+
+class Style(str, Enum):
+    hotspot = "hotspot"
+    heatmap = "heatmap"
+
+
+def _say(msg: str) -> None:
+    typer.echo(msg, err=True)
+
+
+def _show_warning(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+    _say(f"warning: {message}")
+
+
+def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn user errors into one line + exit 2, Ctrl-C into exit 130."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        old = warnings.showwarning
+        warnings.showwarning = _show_warning
+        try:
+            return fn(*args, **kwargs)
+        except PneumoscopeError as exc:
+            _say(f"error: {exc}")
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            _say("interrupted")
+            raise typer.Exit(130) from None
+        finally:
+            warnings.showwarning = old
+
+    return wrapper
+
+
+def _progress() -> bool:
+    return sys.stderr.isatty()
+
+
+@app.command()
+@user_errors
+def train(
+    data: Path = typer.Option(..., "--data", help="Dataset root (Kaggle layout train/val/test) or CSV manifest."),
+    config: Optional[str] = typer.Option(None, "--config", help="YAML config file, or a bundled name: seed, demo."),
+    backbone: Optional[str] = typer.Option(None, "--backbone", help="Model name (see `pneumoscope models`)."),
+    weights: Optional[str] = typer.Option(None, "--weights", help="imagenet | none | PATH to a local weights file."),
+    image_size: Optional[int] = typer.Option(None, "--image-size", help="Input size in pixels."),
+    out: Path = typer.Option(Path("runs/latest"), "--out", help="Run folder to write."),
+    val_source: Optional[ValSource] = typer.Option(None, "--val-source", help="split (patient-level, default) | val | test (the seed's leak)."),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    epochs: Optional[str] = typer.Option(None, "--epochs", help="Override epochs per stage, e.g. 2 or 2,3."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size"),
+    precision: Optional[Precision] = typer.Option(None, "--precision"),
+    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N"),
+    limit_train_batches: Optional[float] = typer.Option(None, "--limit-train-batches", help="Fraction (<=1) or count of batches per epoch."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out."),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help="Override any config key: --set train.batch_size=16"),
+) -> None:
+    """Train a classifier; writes RUN/best.ckpt, config.yaml, metrics.csv."""
+    from .config import load_config, parse_set_overrides
+    from .training import train as run_train
+
+    overrides: dict[str, Any] = parse_set_overrides(set_)
+    overrides.update({
+        "model.backbone": backbone, "model.weights": weights, "data.image_size": image_size,
+        "data.val_source": val_source.value if val_source else None, "train.seed": seed,
+        "train.batch_size": batch_size, "train.precision": precision.value if precision else None,
+        "train.device": device,
+    })
+    if limit_train_batches is not None:
+        overrides["train.limit_train_batches"] = int(limit_train_batches) if limit_train_batches > 1 else limit_train_batches
+    cfg = load_config(config, overrides)
+    if epochs is not None:
+        cfg = _set_epochs(cfg, epochs)
+    result = run_train(cfg, data, out, resume=resume, progress=True)
+    _say(f"best val_loss {result.best_val_loss:.4f} at epoch {result.best_epoch}; checkpoint: {result.checkpoint}")
+
+
+def _set_epochs(cfg: Any, spec: str) -> Any:
+    from .errors import ConfigError
+
+    try:
+        values = [int(v) for v in spec.split(",")]
+    except ValueError:
+        raise ConfigError(f"--epochs {spec!r}: expected a number or one per stage, e.g. 2,3") from None
+    if len(values) == 1:
+        values = values * len(cfg.train.stages)
+    if len(values) != len(cfg.train.stages):
+        raise ConfigError(f"--epochs gives {len(values)} values for {len(cfg.train.stages)} stages")
+    for st, v in zip(cfg.train.stages, values):
+        st.epochs = v
+    return cfg.validate()
+
+
+@app.command()
+@user_errors
+def evaluate(
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="A best.ckpt from `pneumoscope train`."),
+    data: Path = typer.Option(..., "--data", help="A split folder (…/test), a dataset root (its test/), or a CSV."),
+    out: Path = typer.Option(Path("eval"), "--out", help="Folder for metrics.json, plots, predictions.csv."),
+    batch_size: int = typer.Option(64, "--batch-size"),
+    precision: Precision = typer.Option(Precision.auto, "--precision"),
+    device: str = typer.Option("auto", "--device"),
+) -> None:
+    """Evaluate a checkpoint at its stored operating point."""
+    from .evaluation.evaluate import evaluate as run_eval
+
+    r = run_eval(checkpoint, data, out, batch_size=batch_size, device=device, precision=precision.value, progress=True)
+    m = r.metrics
+    auc = "n/a" if m["roc_auc"] is None else f"{m['roc_auc']:.4f}"
+    _say(
+        f"n={m['n']} accuracy {m['accuracy']:.4f}  sensitivity {m['sensitivity']:.4f}  "
+        f"specificity {m['specificity']:.4f}  ROC AUC {auc}  (threshold {m['threshold']:.3f})"
+    )
+    _say(f"wrote {out / 'metrics.json'}")
+
+
+@app.command()
+@user_errors
+def predict(
+    inputs: list[Path] = typer.Argument(..., help="Image files or folders (recursed)."),
+    checkpoint: Path = typer.Option(..., "--checkpoint"),
+    out: Optional[Path] = typer.Option(None, "--out", help="preds.csv or preds.json; default: CSV on stdout."),
+    explain_dir: Optional[Path] = typer.Option(None, "--explain", help="Also write Grad-CAM overlays here."),
+    batch_size: int = typer.Option(16, "--batch-size"),
+    precision: Precision = typer.Option(Precision.auto, "--precision"),
+    device: str = typer.Option("auto", "--device"),
+) -> None:
+    """Predict NORMAL/PNEUMONIA per image; exit 0 only when every input succeeded."""
+    from .data.io import list_images
+    from .inference import Predictor, write_predictions
+
+    paths = list_images(inputs)
+    predictor = Predictor(checkpoint, device=device, precision=precision.value, batch_size=batch_size)
+    if explain_dir is not None:
+        rows, _ = predictor.explain_files(paths, explain_dir, progress=_progress())
+    else:
+        rows = predictor.predict(paths, progress=_progress())
+    if out is None:
+        import csv
+
+        w = csv.writer(sys.stdout)
+        w.writerow(["path", "label", "prob_pneumonia", "threshold", "error"])
+        for r in rows:
+            w.writerow([r.path, r.label, "" if r.prob_pneumonia is None else f"{r.prob_pneumonia:.6f}", r.threshold, r.error])
+    else:
+        write_predictions(rows, out)
+    failed = [r for r in rows if r.error]
+    for r in failed:
+        _say(f"error: {r.path}: {r.error}")
+    if failed:
+        _say(f"{len(failed)} of {len(rows)} inputs failed")
+        raise typer.Exit(1)
+
+
+@app.command()
+@user_errors
+def explain(
+    inputs: list[Path] = typer.Argument(..., help="Image files or folders (recursed)."),
+    checkpoint: Path = typer.Option(..., "--checkpoint"),
+    out: Path = typer.Option(..., "--out", help="Folder for overlays, raw maps and manifest.json."),
+    layer: Optional[str] = typer.Option(None, "--layer", help="Layer name, e.g. block5_conv3 (default: the checkpoint's)."),
+    target: str = typer.Option("predicted", "--target", help="predicted | NORMAL | PNEUMONIA"),
+    style: Style = typer.Option(Style.hotspot, "--style", help="hotspot (the seed's red top 5%) | heatmap (jet)."),
+    method: str = typer.Option("gradcam", "--method"),
+    batch_size: int = typer.Option(16, "--batch-size"),
+    precision: Precision = typer.Option(Precision.auto, "--precision"),
+    device: str = typer.Option("auto", "--device"),
+) -> None:
+    """Grad-CAM per image: overlay PNG, raw map (.npy) and a manifest.json for the run."""
+    from .data.io import list_images
+    from .inference import Predictor
+
+    paths = list_images(inputs)
+    predictor = Predictor(checkpoint, device=device, precision=precision.value, batch_size=batch_size)
+    rows, manifest = predictor.explain_files(
+        paths, out, method=method, layer=layer, target=target, style=style.value, progress=_progress()
+    )
+    failed = [r for r in rows if r.error]
+    for r in failed:
+        _say(f"error: {r.path}: {r.error}")
+    _say(f"explained {len(rows) - len(failed)} of {len(rows)} images; manifest: {manifest}")
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+@user_errors
+def synth(
+    out: Path = typer.Option(..., "--out", help="Folder to create (Kaggle layout + masks/)."),
+    n: int = typer.Option(600, "--n", help="Total images across train/val/test."),
+    size: int = typer.Option(128, "--size", help="Image size in pixels."),
+    seed: int = typer.Option(0, "--seed"),
+    difficulty: float = typer.Option(0.5, "--difficulty", help="0 (obvious lesions) to 1 (faint, noisy)."),
+    shortcut: bool = typer.Option(False, "--shortcut", help="Add a corner marker correlated with PNEUMONIA."),
+) -> None:
+    """Draw a synthetic chest-phantom dataset with a lesion mask per PNEUMONIA image."""
+    from .data.synth import synth_dataset
+
+    s = synth_dataset(out, n=n, size=size, seed=seed, difficulty=difficulty, shortcut=shortcut, progress=_progress())
+    _say(f"wrote {sum(sum(c.values()) for c in s.counts.values())} images to {s.root} in {s.seconds:.1f} s")
+
+
+@app.command()
+@user_errors
+def demo(
+    out: Path = typer.Option(Path("demo-out"), "--out", help="Folder for data, run, evaluation and report.html."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Use a real dataset root instead of synthetic phantoms."),
+    n: int = typer.Option(800, "--n", help="Synthetic images to draw."),
+    seed: int = typer.Option(0, "--seed"),
+    precision: Precision = typer.Option(Precision.auto, "--precision"),
+    replace: bool = typer.Option(False, "--replace", help="Replace an earlier demo in --out."),
+    no_progress: bool = typer.Option(False, "--no-progress", help="No progress bars (logs, CI)."),
+) -> None:
+    """synth → train → evaluate → explain → report.html, in a few minutes on a laptop CPU."""
+    from .demo import run_demo
+
+    r = run_demo(
+        out, data, n=n, seed=seed, overrides={"train.precision": precision.value},
+        progress=_progress() and not no_progress, log=_say, replace=replace,
+    )
+    m = r.metrics
+    _say(f"accuracy {m['accuracy']:.3f}  ROC AUC {m['roc_auc']:.3f}")
+    if r.localisation:
+        _say(f"Grad-CAM pointing game on lesions: {r.localisation['pointing']:.0%} of {r.localisation['n']} images")
+    _say(f"report: {r.report}  ({r.seconds:.0f} s)")
+
+
+@app.command("models")
+def models_cmd() -> None:
+    """List the registered models."""
+    from .models import get_model_info, list_models
+
+    for name in list_models():
+        info = get_model_info(name)
+        typer.echo(f"{name:12s} layer {info.default_layer:14s} {info.description}")
+
+
+@app.command()
+@user_errors
+def info(checkpoint: Path = typer.Argument(..., help="A pneumoscope checkpoint.")) -> None:
+    """Print a checkpoint's metadata (architecture, preprocessing, threshold, validation)."""
+    import json
+
+    from .checkpoint import read_metadata
+
+    meta = read_metadata(checkpoint)
+    meta.pop("config", None)
+    typer.echo(json.dumps(meta, indent=2))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

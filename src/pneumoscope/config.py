@@ -1,0 +1,286 @@
+"""Run configuration: dataclasses first, then YAML, then command-line overrides.
+
+A configuration is fully described by :class:`Config`. ``configs/*.yaml`` set values on top
+of the dataclass defaults, and flags (``--image-size 224``) or ``--set train.batch_size=16``
+override the YAML. The resolved configuration is written next to every run (``config.yaml``)
+and into the checkpoint, so a run can always be reproduced from its own outputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+import yaml
+
+from .errors import ConfigError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class AugmentConfig:
+    """Training-time augmentation (the seed's three: flip, rotation, zoom)."""
+
+    hflip: bool = True
+    rotation_deg: float = 18.0  # Keras RandomRotation(0.05) = 0.05 of a full turn
+    zoom: float = 0.1  # Keras RandomZoom(0.1): scale in [0.9, 1.1]
+    padding_mode: str = "reflection"  # Keras' default fill_mode is "reflect"
+
+
+@dataclass
+class DataConfig:
+    """Where images come from and how they become tensors."""
+
+    image_size: int = 256
+    val_source: str = "split"  # split (patient-level split of train) | val | test (the seed's leak)
+    val_fraction: float = 0.1
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+@dataclass
+class ModelConfig:
+    """Backbone, its initial weights and the Grad-CAM layer."""
+
+    backbone: str = "vgg19"
+    weights: str = "imagenet"  # imagenet | none | PATH
+    cam_layer: str | None = None  # None: the backbone's default
+
+
+@dataclass
+class StageConfig:
+    """One fine-tuning stage: what trains, at what rate, for how long."""
+
+    name: str = "stage1"
+    epochs: int = 7
+    lr: float = 3e-4
+    # None: backbone frozen, head only; "all": everything; a layer name: that layer on.
+    trainable_from: str | None = None
+    grad_clip_norm: float | None = None
+    weight_decay: float = 0.0
+    early_stopping_patience: int = 5
+    plateau_patience: int = 2
+    plateau_factor: float = 0.5
+    min_lr: float = 1e-6
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings shared by all stages."""
+
+    batch_size: int = 32
+    seed: int = 42
+    label_smoothing: float = 0.05
+    class_weights: str | None = "balanced"  # balanced (N / (2 N_c)) | none
+    head_l2: float = 1e-4  # L2 on the hidden Dense kernel, as Keras' kernel_regularizer
+    threshold: float = 0.5
+    precision: str = "auto"
+    device: str = "auto"
+    limit_train_batches: float | int = 1.0  # Lightning semantics: fraction or count per epoch
+    limit_val_batches: float | int = 1.0
+    stages: list[StageConfig] = field(
+        default_factory=lambda: [
+            StageConfig(name="stage1", epochs=7, lr=3e-4, trainable_from=None, min_lr=1e-6),
+            StageConfig(
+                name="stage2",
+                epochs=14,
+                lr=1e-5,
+                trainable_from="block5_conv1",
+                grad_clip_norm=1.0,
+                min_lr=1e-7,
+            ),
+        ]
+    )
+
+
+@dataclass
+class Config:
+    """Everything needed to reproduce a training run."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(asdict(self))
+
+    def validate(self) -> "Config":
+        """Check values a user can get wrong; raise :class:`ConfigError` naming the key."""
+        if self.data.val_source not in ("split", "val", "test"):
+            raise ConfigError(f"data.val_source must be split, val or test, not {self.data.val_source!r}")
+        if not 0.0 < self.data.val_fraction < 1.0:
+            raise ConfigError(f"data.val_fraction must be in (0, 1), not {self.data.val_fraction}")
+        if self.data.image_size < 1:
+            raise ConfigError(f"data.image_size must be positive, not {self.data.image_size}")
+        if self.train.batch_size < 1:
+            raise ConfigError(f"train.batch_size must be positive, not {self.train.batch_size}")
+        if not 0.0 <= self.train.label_smoothing < 1.0:
+            raise ConfigError("train.label_smoothing must be in [0, 1)")
+        if self.train.class_weights not in ("balanced", None, "none"):
+            raise ConfigError("train.class_weights must be 'balanced' or 'none'")
+        if not 0.0 < self.train.threshold < 1.0:
+            raise ConfigError("train.threshold must be in (0, 1)")
+        if not self.train.stages:
+            raise ConfigError("train.stages must list at least one stage")
+        for st in self.train.stages:
+            if st.epochs < 0 or st.lr <= 0:
+                raise ConfigError(f"stage {st.name!r}: epochs must be >= 0 and lr > 0")
+        return self
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    """Convert a YAML/flag value to the dataclass field's declared type."""
+    origin = get_origin(hint)
+    if is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return _build(hint, value, key)
+    if origin in (list,) and get_args(hint) and is_dataclass(get_args(hint)[0]):
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_build(get_args(hint)[0], v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return tuple(float(v) for v in value)
+    args = get_args(hint)
+    if value is None:
+        if type(None) in args:
+            return None
+        raise ConfigError(f"{key}: must not be empty")
+    types = [a for a in args if a is not type(None)] or [hint]
+    if isinstance(value, str):
+        for t in types:
+            if t is bool:
+                low = value.lower()
+                if low in ("true", "yes", "1", "on"):
+                    return True
+                if low in ("false", "no", "0", "off"):
+                    return False
+            elif t in (int, float):
+                try:
+                    return t(value)
+                except ValueError:
+                    continue
+            elif t is str:
+                return None if (type(None) in args and value.lower() in ("null", "none", "~")) else value
+        raise ConfigError(f"{key}: cannot read {value!r} as {' or '.join(t.__name__ for t in types)}")
+    for t in types:
+        if t is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value) if int not in types else value
+        if isinstance(value, t):
+            return value
+    raise ConfigError(f"{key}: expected {' or '.join(t.__name__ for t in types)}, got {value!r}")
+
+
+def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
+    hints = get_type_hints(cls)
+    names = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise ConfigError(f"unknown config key {where}{unknown[0]}; valid keys: {', '.join(sorted(names))}")
+    kwargs = {k: _coerce(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in values.items()}
+    return cls(**kwargs)
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def config_from_dict(values: dict[str, Any]) -> Config:
+    """Build a validated :class:`Config` from nested plain values over the defaults."""
+    merged = _merge(Config().to_dict(), values or {})
+    return _build(Config, merged, "").validate()
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """Defaults ← YAML file ← ``overrides`` (dotted keys, e.g. ``{"data.image_size": 224}``).
+
+    ``path`` may also be the name of a bundled config (``seed``, ``demo``).
+    """
+    values: dict[str, Any] = {}
+    if path is not None:
+        values = read_yaml(resolve_config_path(path))
+    for dotted, v in (overrides or {}).items():
+        if v is None:
+            continue
+        cursor = values
+        parts = dotted.split(".")
+        for p in parts[:-1]:
+            cursor = cursor.setdefault(p, {})
+            if not isinstance(cursor, dict):
+                raise ConfigError(f"cannot set {dotted}: {p} is not a section")
+        cursor[parts[-1]] = v
+    return config_from_dict(values)
+
+
+def resolve_config_path(path: str | Path) -> Path:
+    """A file path, or the name of a config shipped with the package (``seed`` → seed.yaml)."""
+    p = Path(path)
+    if p.is_file():
+        return p
+    bundled = Path(__file__).parent / "configs" / f"{p.stem}.yaml"
+    if p.suffix in ("", ".yaml", ".yml") and bundled.is_file() and not p.exists():
+        return bundled
+    raise ConfigError(f"{path}: config file not found (expected a YAML file or one of: {', '.join(bundled_configs())})")
+
+
+def bundled_configs() -> list[str]:
+    return sorted(p.stem for p in (Path(__file__).parent / "configs").glob("*.yaml"))
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from exc
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections (data, model, train)")
+    return data
+
+
+def parse_set_overrides(items: list[str] | None) -> dict[str, Any]:
+    """Parse ``--set key.path=value`` items; values are YAML scalars/lists."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. train.batch_size=16")
+        key, raw = item.split("=", 1)
+        try:
+            out[key.strip()] = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {item!r}: cannot parse value") from exc
+    return out
+
+
+def dump_config(cfg: Config, path: Path) -> None:
+    """Write the resolved configuration as YAML."""
+    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
+
+
+def replace(obj: Any, **changes: Any) -> Any:
+    return dataclasses.replace(obj, **changes)

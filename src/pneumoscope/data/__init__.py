@@ -1,0 +1,1 @@
+"""Data loading: image and DICOM reading, datasets and transforms."""

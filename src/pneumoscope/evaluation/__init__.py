@@ -1,0 +1,9 @@
+"""Evaluation of a binary NORMAL/PNEUMONIA classifier: metrics and diagnostic plots.
+
+* :mod:`pneumoscope.evaluation.metrics` -- the decision rule (:func:`predict_labels`),
+  :func:`compute_metrics` and :func:`write_metrics_json`.
+* :mod:`pneumoscope.evaluation.plots` -- confusion matrix, ROC and PR figures.
+
+Class 0 is NORMAL and class 1 is PNEUMONIA (the positive class) throughout; every
+probability is P(PNEUMONIA).
+"""

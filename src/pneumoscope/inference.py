@@ -1,0 +1,278 @@
+"""Predict and explain image files with a checkpoint: batched, per-file errors, progress.
+
+A file that cannot be read gets its own row with an ``error`` and the rest still run, which
+is what a user pointing the tool at a folder of mixed exports needs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from .checkpoint import Checkpoint, load_checkpoint
+from .data.io import read_image
+from .errors import PneumoscopeError
+from .explanation.cam import explain
+from .explanation.overlay import render_overlay
+from .runtime import autocast, resolve_device, resolve_precision
+
+MAX_OVERLAY_SIDE = 1024  # overlays keep the image's aspect ratio, capped for file size
+
+
+@dataclass
+class Prediction:
+    """One row of ``predict`` output."""
+
+    path: str
+    label: str
+    prob_pneumonia: float | None
+    threshold: float
+    error: str = ""
+
+
+def _chunks(items: Sequence, n: int) -> Iterator[Sequence]:
+    for i in range(0, len(items), n):
+        yield items[i : i + n]
+
+
+class Predictor:
+    """A checkpoint loaded once, ready to predict or explain batches of files."""
+
+    def __init__(
+        self,
+        checkpoint: str | Path | Checkpoint,
+        device: str = "auto",
+        precision: str = "auto",
+        batch_size: int = 16,
+    ) -> None:
+        self.device = resolve_device(device)
+        self.precision = resolve_precision(precision, self.device)
+        self.ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint, self.device)
+        self.ckpt.model.to(self.device).eval()
+        self.batch_size = max(1, batch_size)
+
+    @property
+    def threshold(self) -> float:
+        return self.ckpt.threshold
+
+    def label_of(self, prob: float) -> str:
+        return self.ckpt.class_names[int(prob >= self.threshold)]
+
+    def _read(self, paths: Sequence[Path]) -> tuple[list[tuple[int, np.ndarray]], dict[int, str]]:
+        ok: list[tuple[int, np.ndarray]] = []
+        errors: dict[int, str] = {}
+        for i, p in enumerate(paths):
+            try:
+                ok.append((i, read_image(p)))
+            except PneumoscopeError as exc:
+                errors[i] = getattr(exc, "problem", str(exc))
+        return ok, errors
+
+    def batch_tensor(self, grays: Iterable[np.ndarray]) -> torch.Tensor:
+        return torch.stack([self.ckpt.preprocessing(g) for g in grays]).to(self.device)
+
+    @torch.inference_mode()
+    def probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        """P(PNEUMONIA) for a preprocessed batch (N, 3, S, S)."""
+        with autocast(self.device, self.precision):
+            logits = self.ckpt.model(x.to(self.device))
+        return logits.float().softmax(1)[:, self.ckpt.positive_index].cpu()
+
+    def predict(self, paths: Sequence[str | Path], progress: bool = False) -> list[Prediction]:
+        """Predict every file; unreadable files get a row with ``error`` set."""
+        from tqdm.auto import tqdm
+
+        paths = [Path(p) for p in paths]
+        rows: list[Prediction] = []
+        bar = tqdm(total=len(paths), desc="predicting", unit="img", disable=not progress, leave=False)
+        for chunk in _chunks(paths, self.batch_size):
+            ok, errors = self._read(chunk)
+            probs = self.probabilities(self.batch_tensor(g for _, g in ok)).tolist() if ok else []
+            by_index = {i: p for (i, _), p in zip(ok, probs)}
+            for i, p in enumerate(chunk):
+                if i in errors:
+                    rows.append(Prediction(str(p), "", None, self.threshold, errors[i]))
+                else:
+                    prob = float(by_index[i])
+                    rows.append(Prediction(str(p), self.label_of(prob), prob, self.threshold))
+            bar.update(len(chunk))
+        bar.close()
+        return rows
+
+    def explain_files(
+        self,
+        paths: Sequence[str | Path],
+        out_dir: str | Path,
+        *,
+        method: str = "gradcam",
+        layer: str | None = None,
+        target: str = "predicted",
+        style: str = "hotspot",
+        progress: bool = False,
+    ) -> tuple[list[Prediction], Path]:
+        """Explain every file into ``out_dir``: ``<name>.overlay.png``, ``<name>.cam.npy``, ``manifest.json``.
+
+        Files written by a run that fails part-way (not a per-file read error, which is
+        recorded and skipped) are removed again, so no half-finished output is left.
+        """
+        from PIL import Image
+        from tqdm.auto import tqdm
+
+        layer = layer or self.ckpt.target_layer
+        self.ckpt.model.module_path(layer)  # unknown layer: fail before writing anything
+        if target != "predicted" and target not in self.ckpt.class_names:
+            from .errors import ConfigError
+
+            raise ConfigError(f"unknown target {target!r}; expected predicted or one of {', '.join(self.ckpt.class_names)}")
+        out = Path(out_dir)
+        created_dir = not out.exists()
+        out.mkdir(parents=True, exist_ok=True)
+        written: list[Path] = []
+        names: set[str] = set()
+        rows: list[Prediction] = []
+        entries: list[dict] = []
+        paths = [Path(p) for p in paths]
+        try:
+            bar = tqdm(total=len(paths), desc="explaining", unit="img", disable=not progress, leave=False)
+            for chunk in _chunks(paths, self.batch_size):
+                ok, errors = self._read(chunk)
+                exp = None
+                if ok:
+                    exp = explain(
+                        self.ckpt.model, self.batch_tensor(g for _, g in ok), method=method, layer=layer,
+                        target=None if target == "predicted" else target, threshold=self.threshold,
+                        precision=self.precision, class_names=self.ckpt.class_names,
+                    )
+                slot = {i: k for k, (i, _) in enumerate(ok)}
+                for i, p in enumerate(chunk):
+                    if i in errors:
+                        rows.append(Prediction(str(p), "", None, self.threshold, errors[i]))
+                        entries.append({"path": str(p), "error": errors[i]})
+                        continue
+                    assert exp is not None
+                    k = slot[i]
+                    gray = ok[k][1]
+                    raw = exp.raw[k].cpu().numpy()
+                    probs = exp.probs[k].cpu().tolist()
+                    prob = float(probs[self.ckpt.positive_index])
+                    stem = _unique_stem(p, names)
+                    overlay_path, npy_path = out / f"{stem}.overlay.png", out / f"{stem}.cam.npy"
+                    _save_png(Image.fromarray(render_overlay(_display(gray), raw, style)), overlay_path)
+                    written.append(overlay_path)
+                    _save_npy(raw, npy_path)
+                    written.append(npy_path)
+                    rows.append(Prediction(str(p), self.label_of(prob), prob, self.threshold))
+                    entries.append({
+                        "path": str(p), "overlay": overlay_path.name, "raw_map": npy_path.name,
+                        "label": self.label_of(prob), "prob_pneumonia": prob,
+                        "probabilities": dict(zip(self.ckpt.class_names, probs)),
+                        "target": self.ckpt.class_names[int(exp.targets[k])],
+                        "map_shape": list(raw.shape),
+                    })
+                bar.update(len(chunk))
+            bar.close()
+            manifest = {
+                "schema_version": 1,
+                "method": method,
+                "layer": layer,
+                "target": target,
+                "score": "log_prob",
+                "style": style,
+                "threshold": self.threshold,
+                "checkpoint": str(self.ckpt.path) if self.ckpt.path else None,
+                "architecture": self.ckpt.architecture,
+                "class_names": list(self.ckpt.class_names),
+                "precision": self.precision,
+                "device": str(self.device),
+                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "versions": _versions(),
+                "images": entries,
+            }
+            manifest_path = out / "manifest.json"
+            _write_text(manifest_path, json.dumps(manifest, indent=2))
+        except BaseException:
+            for f in written:
+                f.unlink(missing_ok=True)
+            if created_dir and out.exists() and not any(out.iterdir()):
+                out.rmdir()
+            raise
+        return rows, manifest_path
+
+
+def _versions() -> dict[str, str]:
+    import torchvision
+
+    from . import __version__
+
+    return {"pneumoscope": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__}
+
+
+def _display(gray: np.ndarray) -> np.ndarray:
+    """The image at a display size (aspect kept, long side capped) for the overlay."""
+    h, w = gray.shape
+    scale = min(1.0, MAX_OVERLAY_SIDE / max(h, w))
+    if scale >= 1.0:
+        return gray
+    t = torch.from_numpy(np.ascontiguousarray(gray, dtype=np.float32))[None, None]
+    size = (max(1, round(h * scale)), max(1, round(w * scale)))
+    return torch.nn.functional.interpolate(t, size=size, mode="bilinear", antialias=True)[0, 0].numpy()
+
+
+def _unique_stem(p: Path, used: set[str]) -> str:
+    base = re.sub(r"[^A-Za-z0-9._-]+", "_", p.stem) or "image"
+    stem, k = base, 2
+    while stem in used:
+        stem, k = f"{base}-{k}", k + 1
+    used.add(stem)
+    return stem
+
+
+def _tmp(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp")
+
+
+def _save_png(img: "object", path: Path) -> None:
+    tmp = _tmp(path)
+    img.save(tmp, format="PNG")  # type: ignore[attr-defined]
+    os.replace(tmp, path)
+
+
+def _save_npy(arr: np.ndarray, path: Path) -> None:
+    tmp = _tmp(path)
+    with open(tmp, "wb") as fh:
+        np.save(fh, arr.astype(np.float32))
+    os.replace(tmp, path)
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = _tmp(path)
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_predictions(rows: Sequence[Prediction], path: str | Path) -> Path:
+    """Write rows as CSV or JSON (by suffix), atomically."""
+    import csv
+    import io
+
+    path = Path(path)
+    if path.suffix.lower() == ".json":
+        text = json.dumps([asdict(r) for r in rows], indent=2)
+    else:
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(["path", "label", "prob_pneumonia", "threshold", "error"])
+        for r in rows:
+            w.writerow([r.path, r.label, "" if r.prob_pneumonia is None else f"{r.prob_pneumonia:.6f}", r.threshold, r.error])
+        text = buf.getvalue()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _write_text(path, text)
+    return path

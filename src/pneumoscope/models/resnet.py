@@ -1,0 +1,46 @@
+"""ResNet backbones (torchvision layout) with the seed head; Grad-CAM on ``layer4``."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from .base import Classifier
+from .pretrained import load_backbone_weights, torchvision_state_dict
+from .registry import register_model
+
+_STAGES = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
+
+
+def _resnet_classifier(tv_model: nn.Module, num_classes: int) -> Classifier:
+    features = nn.Sequential(*(getattr(tv_model, n) for n in _STAGES))
+    names = {n: f"features.{i}" for i, n in enumerate(_STAGES)}
+    return Classifier(features, tv_model.fc.in_features, names, num_classes=num_classes, hidden=128)
+
+
+@register_model(
+    "resnet18",
+    min_input_size=32,
+    default_layer="layer4",
+    finetune_from="layer4",
+    pretrained=("imagenet",),
+    description="ResNet-18 + the seed head; 11.2 M parameters",
+)
+def resnet18(weights: str | None = None, num_classes: int = 2) -> Classifier:
+    from torchvision.models import ResNet18_Weights, resnet18 as tv_resnet18
+
+    model = _resnet_classifier(tv_resnet18(weights=None), num_classes)
+    if weights is not None:
+        state = lambda: _remap(torchvision_state_dict(ResNet18_Weights.IMAGENET1K_V1, "resnet18"))  # noqa: E731
+        load_backbone_weights(model, weights, "resnet18", state)
+    return model
+
+
+def _remap(state: dict) -> dict:
+    """torchvision ResNet keys (``layer1.0.conv1.weight``) → our ``features.4.0.conv1.weight``."""
+    index = {n: i for i, n in enumerate(_STAGES)}
+    out = {}
+    for k, v in state.items():
+        top = k.split(".", 1)[0]
+        if top in index:
+            out[f"features.{index[top]}.{k.split('.', 1)[1]}"] = v
+    return out

@@ -1,0 +1,82 @@
+"""Device and numeric-precision choices shared by every compute path.
+
+Every entry point (train, evaluate, predict, explain, serve) takes ``precision`` in
+``{"auto", "fp32", "bf16"}``. ``auto`` picks bf16 where the hardware runs it natively:
+CUDA devices with bf16 support, and CPUs with AMX-BF16 or AVX512-BF16, where bf16 autocast
+is ~3x faster than fp32 for convolutions. Correctness tests pin ``fp32``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from functools import lru_cache
+from typing import Iterator
+
+import torch
+
+from .errors import ConfigError
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+@lru_cache(maxsize=1)
+def _cpu_flags() -> frozenset[str]:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU has native bf16 matrix instructions (AMX or AVX512-BF16)."""
+    flags = _cpu_flags()
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """Turn ``auto``/``cpu``/``cuda[:N]``/``mps`` into a device, failing clearly if absent."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise ConfigError(f"unknown device {device!r}; expected auto, cpu, cuda or cuda:N") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} requested but CUDA is not available; use --device cpu")
+    return dev
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """Resolve ``auto`` to ``bf16`` or ``fp32`` for ``device``; validate explicit choices."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    if device.type == "cpu":
+        return "bf16" if cpu_has_fast_bf16() else "fp32"
+    return "fp32"
+
+
+@contextlib.contextmanager
+def autocast(device: torch.device, precision: str) -> Iterator[None]:
+    """Autocast context for an already-resolved precision (no-op for fp32)."""
+    if precision == "bf16":
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
+            yield
+    else:
+        yield
+
+
+def lightning_precision(precision: str) -> str:
+    """Map a resolved precision to Lightning's ``Trainer(precision=...)`` value."""
+    return "bf16-mixed" if precision == "bf16" else "32-true"

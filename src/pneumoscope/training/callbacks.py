@@ -1,0 +1,105 @@
+"""Keras-style callbacks the seed relies on, as Lightning callbacks."""
+
+from __future__ import annotations
+
+import csv
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import lightning as L
+import torch
+
+
+def _metric(trainer: L.Trainer, key: str) -> float:
+    v = trainer.callback_metrics.get(key)
+    return float(v) if v is not None else float("nan")
+
+
+class RestoreBestWeights(L.Callback):
+    """Keep the stage's best-``val_loss`` weights and load them when the stage ends.
+
+    This is Keras' ``EarlyStopping(restore_best_weights=True)``. The weights live on disk
+    (``path``), so a resumed stage still restores the right ones.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.best = math.inf
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        loss = _metric(trainer, "val_loss")
+        if loss < self.best:
+            self.best = loss
+            from safetensors.torch import save_file
+
+            state = {k: v.detach().cpu().contiguous() for k, v in pl_module.model.state_dict().items()}
+            tmp = self.path.with_suffix(".tmp")
+            save_file(state, str(tmp))
+            tmp.replace(self.path)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.path.is_file():
+            from safetensors.torch import load_file
+
+            pl_module.model.load_state_dict(load_file(str(self.path)))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best = float(state.get("best", math.inf))
+
+
+class ExportBest(L.Callback):
+    """Write the run's ``best.ckpt`` whenever validation loss beats every earlier epoch of any stage."""
+
+    def __init__(self, run_state: dict[str, Any], export: Callable[[torch.nn.Module, dict[str, float]], None]) -> None:
+        self.run_state = run_state
+        self.export = export
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        loss = _metric(trainer, "val_loss")
+        if loss < self.run_state.get("best_val_loss", math.inf):
+            self.run_state["best_val_loss"] = loss
+            self.run_state["best_epoch"] = self.run_state["epoch_offset"] + trainer.current_epoch + 1
+            metrics = {k: _metric(trainer, k) for k in ("val_loss", "val_acc", "val_auc")}
+            metrics["epoch"] = self.run_state["best_epoch"]
+            self.export(pl_module.model, metrics)
+
+
+class MetricsCSV(L.Callback):
+    """One row per epoch in ``metrics.csv``, with epochs numbered across stages (8-21 in stage 2)."""
+
+    FIELDS = ("epoch", "stage", "train_loss", "train_acc", "val_loss", "val_acc", "val_auc", "lr", "seconds")
+
+    def __init__(self, path: Path, stage: str, epoch_offset: int) -> None:
+        self.path = path
+        self.stage = stage
+        self.epoch_offset = epoch_offset
+        self._t0 = time.perf_counter()
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._t0 = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Runs after validation in Lightning 2.x, so both train and val metrics are present.
+        new = not self.path.exists()
+        lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else float("nan")
+        row = {
+            "epoch": self.epoch_offset + trainer.current_epoch + 1,
+            "stage": self.stage,
+            **{k: f"{_metric(trainer, k):.6g}" for k in ("train_loss", "train_acc", "val_loss", "val_acc", "val_auc")},
+            "lr": f"{lr:.3g}",
+            "seconds": f"{time.perf_counter() - self._t0:.1f}",
+        }
+        with open(self.path, "a", newline="", encoding="utf-8") as fh:
+            w = csv.DictWriter(fh, fieldnames=self.FIELDS)
+            if new:
+                w.writeheader()
+            w.writerow(row)

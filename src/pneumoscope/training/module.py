@@ -1,0 +1,121 @@
+"""The LightningModule: loss as the seed defines it, batched augmentation, validation AUC."""
+
+from __future__ import annotations
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import AugmentConfig, StageConfig
+from ..data.transforms import Preprocessing, random_flip_rotate_zoom
+
+
+class ClassifierModule(L.LightningModule):
+    """Wraps a :class:`~pneumoscope.models.base.Classifier` for one training stage.
+
+    Loss (as Keras computes it for the seed): per-sample cross-entropy with label smoothing,
+    weighted by the sample's class weight and averaged over the batch, plus ``head_l2`` x the
+    squared L2 norm of the hidden Dense kernel. Validation uses the unweighted loss, as Keras'
+    ``val_loss`` does (class weights apply to training only).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        prep: Preprocessing,
+        stage: StageConfig,
+        augment: AugmentConfig | None,
+        class_weights: list[float] | None,
+        label_smoothing: float,
+        head_l2: float,
+        channels_last: bool = False,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.prep = prep
+        self.stage = stage
+        self.augment = augment
+        self.label_smoothing = label_smoothing
+        self.head_l2 = head_l2
+        self.channels_last = channels_last
+        self.register_buffer(
+            "class_weights",
+            torch.tensor(class_weights if class_weights else [1.0, 1.0], dtype=torch.float32),
+            persistent=False,
+        )
+        self._val_probs: list[torch.Tensor] = []
+        self._val_labels: list[torch.Tensor] = []
+        self._val_loss_sum = 0.0
+        self._val_n = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def _inputs(self, x: torch.Tensor, train: bool) -> torch.Tensor:
+        x = x.float().div_(255.0)
+        if train and self.augment is not None:
+            x = random_flip_rotate_zoom(x, self.augment)
+        x = self.prep.normalize(x)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def _l2(self) -> torch.Tensor:
+        head = getattr(self.model, "head", None)
+        params = getattr(head, "l2_params", [])
+        if not self.head_l2 or not params:
+            return torch.zeros((), device=self.device)
+        return self.head_l2 * sum((p.float() ** 2).sum() for p in params)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], _idx: int) -> torch.Tensor:
+        x, y = batch
+        logits = self(self._inputs(x, train=True)).float()
+        per = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing, reduction="none")
+        loss = (per * self.class_weights[y]).mean() + self._l2()
+        acc = (logits.argmax(1) == y).float().mean()
+        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
+        self.log("train_acc", acc, on_step=False, on_epoch=True, batch_size=len(y))
+        return loss
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_probs, self._val_labels = [], []
+        self._val_loss_sum, self._val_n = 0.0, 0
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], _idx: int) -> None:
+        x, y = batch
+        logits = self(self._inputs(x, train=False)).float()
+        per = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing, reduction="sum")
+        self._val_loss_sum += float(per)
+        self._val_n += len(y)
+        self._val_probs.append(logits.softmax(1)[:, -1].detach().cpu())
+        self._val_labels.append(y.detach().cpu())
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._val_n:
+            return
+        probs = torch.cat(self._val_probs).numpy()
+        labels = torch.cat(self._val_labels).numpy()
+        val_loss = self._val_loss_sum / self._val_n + float(self._l2())
+        acc = float(((probs >= 0.5).astype(int) == labels).mean())
+        self.log("val_loss", val_loss, prog_bar=True)
+        self.log("val_acc", acc, prog_bar=True)
+        self.log("val_auc", _auc(labels, probs), prog_bar=True)
+
+    def configure_optimizers(self):  # type: ignore[no-untyped-def]
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        opt = torch.optim.Adam(params, lr=self.stage.lr, weight_decay=self.stage.weight_decay)
+        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            opt, mode="min", factor=self.stage.plateau_factor, patience=self.stage.plateau_patience,
+            min_lr=self.stage.min_lr,
+        )
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": "val_loss", "interval": "epoch"}}
+
+
+def _auc(labels: np.ndarray, probs: np.ndarray) -> float:
+    if len(np.unique(labels)) < 2:
+        return float("nan")
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(labels, probs))

@@ -1,0 +1,228 @@
+"""Train a configuration end to end: splits → cached images → stages → ``best.ckpt``.
+
+Each stage is its own ``Trainer.fit`` with fresh callbacks (as the seed re-created its Keras
+callbacks per stage): early stopping and LR-on-plateau on ``val_loss``, and the stage's best
+weights restored at its end. ``best.ckpt`` is the best-``val_loss`` model over all stages.
+A run is resumable: completed stages are skipped and a stage in progress restarts from its
+last epoch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import logging
+import math
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+
+from ..checkpoint import CLASS_NAMES, save_checkpoint
+from ..config import Config, dump_config
+from ..data.dataset import CachedDataset, load_splits
+from ..data.transforms import Preprocessing
+from ..errors import ConfigError, DataError
+from ..models import create_model, get_model_info
+from ..runtime import lightning_precision, resolve_device, resolve_precision
+from .callbacks import ExportBest, MetricsCSV, RestoreBestWeights
+from .module import ClassifierModule
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    checkpoint: Path
+    best_val_loss: float
+    best_epoch: int
+    seconds: float
+    summary: dict[str, Any]
+
+
+def _class_weights(counts: list[int], mode: str | None) -> list[float] | None:
+    if mode in (None, "none"):
+        return None
+    n = sum(counts)
+    return [n / (len(counts) * c) for c in counts]
+
+
+def _write_splits(path: Path, splits: dict[str, list]) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path", "label", "patient_id", "split"])
+        for name, samples in splits.items():
+            for s in samples:
+                w.writerow([str(s.path), CLASS_NAMES[s.label], s.patient_id, name])
+
+
+def _limits(cfg: Config) -> dict[str, float | int]:
+    # Passing the defaults explicitly makes Lightning print a line about each.
+    out: dict[str, float | int] = {}
+    if cfg.train.limit_train_batches != 1.0:
+        out["limit_train_batches"] = cfg.train.limit_train_batches
+    if cfg.train.limit_val_batches != 1.0:
+        out["limit_val_batches"] = cfg.train.limit_val_batches
+    return out
+
+
+@contextlib.contextmanager
+def _quiet_lightning() -> Iterator[None]:
+    """Silence Lightning's advice that does not apply here (workers for in-memory tensors, tips)."""
+    loggers = [logging.getLogger(n) for n in ("lightning.pytorch", "lightning.fabric", "lightning")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+            warnings.filterwarnings("ignore", message=".*number of training batches.*")
+            warnings.filterwarnings("ignore", message=".*Checkpoint directory.*exists and is not empty.*")
+            warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+            yield
+    finally:
+        for lg, lvl in zip(loggers, levels):
+            lg.setLevel(lvl)
+
+
+def train(
+    cfg: Config,
+    data: str | Path,
+    out: str | Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+) -> TrainResult:
+    """Train ``cfg`` on ``data`` (Kaggle-layout root or CSV manifest) into the run folder ``out``.
+
+    Writes ``best.ckpt``, ``config.yaml``, ``metrics.csv``, ``splits.csv`` and ``summary.json``;
+    resumable state lives in ``out/state/``.
+    """
+    t0 = time.perf_counter()
+    cfg.validate()
+    out = Path(out)
+    info = get_model_info(cfg.model.backbone)
+    if cfg.data.image_size < info.min_input_size:
+        raise ConfigError(
+            f"--image-size {cfg.data.image_size} is below {cfg.model.backbone}'s minimum of {info.min_input_size} px"
+        )
+    cam_layer = cfg.model.cam_layer or info.default_layer
+    state_dir = out / "state"
+    progress_file = state_dir / "progress.json"
+    if out.exists() and any(out.iterdir()) and not resume:
+        raise DataError(f"{out}: run folder is not empty; pass --resume to continue it or choose another --out")
+    if resume and not progress_file.is_file():
+        raise DataError(f"{out}: nothing to resume (no state/progress.json); start a new run instead")
+    state_dir.mkdir(parents=True, exist_ok=True)
+
+    device = resolve_device(cfg.train.device)
+    precision = resolve_precision(cfg.train.precision, device)
+    L.seed_everything(cfg.train.seed, workers=True, verbose=False)
+
+    # Build the model before touching data, so a weights problem fails at once.
+    model = create_model(cfg.model.backbone, weights=cfg.model.weights, num_classes=len(CLASS_NAMES))
+    model.module_path(cam_layer)  # unknown layer names fail now, not after training
+    prep = Preprocessing(cfg.data.image_size, tuple(cfg.data.mean), tuple(cfg.data.std))  # type: ignore[arg-type]
+
+    splits = load_splits(data, cfg.data.val_source, cfg.data.val_fraction, cfg.train.seed)
+    train_ds = CachedDataset(splits.train, prep, progress, desc="decoding train")
+    val_ds = CachedDataset(splits.val, prep, progress, desc="decoding val")
+    counts = train_ds.class_counts()
+    weights = _class_weights(counts, cfg.train.class_weights)
+    dump_config(cfg, out / "config.yaml")
+    _write_splits(out / "splits.csv", {"train": splits.train, "val": splits.val})
+
+    run_state: dict[str, Any] = {"completed": [], "epoch_offset": 0, "best_val_loss": math.inf, "best_epoch": 0}
+    if resume:
+        run_state.update(json.loads(progress_file.read_text()))
+
+    def export(m: torch.nn.Module, val: dict[str, float]) -> None:
+        save_checkpoint(
+            out / "best.ckpt", m, architecture=cfg.model.backbone, preprocessing=prep, target_layer=cam_layer,
+            threshold=cfg.train.threshold, config=cfg.to_dict(),
+            info={"validation": val, "val_source": splits.val_source, "train_counts": counts,
+                  "class_weights": weights, "data": str(data)},
+        )
+
+    gen = torch.Generator().manual_seed(cfg.train.seed)
+    train_loader = torch.utils.data.DataLoader(train_ds, batch_size=cfg.train.batch_size, shuffle=True, generator=gen)
+    val_loader = torch.utils.data.DataLoader(val_ds, batch_size=max(cfg.train.batch_size, 64), shuffle=False)
+    channels_last = device.type == "cuda"
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+
+    for stage in cfg.train.stages:
+        if stage.name in run_state["completed"]:
+            best_file = state_dir / f"{stage.name}-best.safetensors"
+            if best_file.is_file():
+                from safetensors.torch import load_file
+
+                model.load_state_dict(load_file(str(best_file)))
+            continue
+        if stage.epochs == 0:
+            run_state["completed"].append(stage.name)
+            continue
+        model.set_trainable(stage.trainable_from)
+        module = ClassifierModule(
+            model, prep, stage, cfg.data.augment, weights, cfg.train.label_smoothing, cfg.train.head_l2, channels_last
+        )
+        last = ModelCheckpoint(dirpath=state_dir, filename=f"{stage.name}-last", save_top_k=1, enable_version_counter=False)
+        callbacks: list[L.Callback] = [
+            EarlyStopping(monitor="val_loss", mode="min", patience=stage.early_stopping_patience, min_delta=0.0),
+            RestoreBestWeights(state_dir / f"{stage.name}-best.safetensors"),
+            ExportBest(run_state, export),
+            MetricsCSV(out / "metrics.csv", stage.name, run_state["epoch_offset"]),
+            last,
+        ]
+        with _quiet_lightning():
+            trainer = L.Trainer(
+                accelerator="gpu" if device.type == "cuda" else "cpu",
+                devices=1,
+                precision=lightning_precision(precision),  # type: ignore[arg-type]
+                max_epochs=stage.epochs,
+                gradient_clip_val=stage.grad_clip_norm,
+                gradient_clip_algorithm="norm",
+                callbacks=callbacks,
+                logger=False,
+                enable_checkpointing=True,
+                enable_progress_bar=progress,
+                enable_model_summary=False,
+                num_sanity_val_steps=0,
+                **_limits(cfg),
+                default_root_dir=str(state_dir),
+            )
+            ckpt_path = state_dir / f"{stage.name}-last.ckpt"
+            trainer.fit(module, train_loader, val_loader, ckpt_path=str(ckpt_path) if resume and ckpt_path.is_file() else None)
+        run_state["epoch_offset"] += trainer.current_epoch
+        run_state["completed"].append(stage.name)
+        progress_file.write_text(json.dumps(run_state, indent=2))
+
+    ckpt = out / "best.ckpt"
+    if not ckpt.is_file():
+        raise DataError(f"{out}: training finished without a validation result; no checkpoint was written")
+    seconds = time.perf_counter() - t0
+    summary = {
+        "backbone": cfg.model.backbone,
+        "weights": cfg.model.weights,
+        "image_size": cfg.data.image_size,
+        "device": str(device),
+        "precision": precision,
+        "val_source": splits.val_source,
+        "n_train": len(train_ds),
+        "n_val": len(val_ds),
+        "train_counts": dict(zip(CLASS_NAMES, counts)),
+        "class_weights": weights,
+        "best_val_loss": run_state["best_val_loss"],
+        "best_epoch": run_state["best_epoch"],
+        "epochs_run": run_state["epoch_offset"],
+        "seconds": round(seconds, 1),
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return TrainResult(out, ckpt, run_state["best_val_loss"], run_state["best_epoch"], seconds, summary)
