@@ -100,12 +100,12 @@ def train(
     from .training import train as run_train
 
     overrides: dict[str, Any] = parse_set_overrides(set_)
-    overrides.update({
+    overrides.update({k: v for k, v in {  # a flag left out must not erase a --set of the same key
         "model.backbone": backbone, "model.weights": weights, "data.image_size": image_size,
         "data.val_source": val_source.value if val_source else None, "train.seed": seed,
         "train.batch_size": batch_size, "train.precision": precision.value if precision else None,
         "train.device": device,
-    })
+    }.items() if v is not None})
     if limit_train_batches is not None:
         overrides["train.limit_train_batches"] = int(limit_train_batches) if limit_train_batches > 1 else limit_train_batches
     cfg = load_config(config, overrides)

@@ -120,8 +120,6 @@ def train(
         raise DataError(f"{out}: run folder is not empty; pass --resume to continue it or choose another --out")
     if resume and not progress_file.is_file():
         raise DataError(f"{out}: nothing to resume (no state/progress.json); start a new run instead")
-    state_dir.mkdir(parents=True, exist_ok=True)
-
     device = resolve_device(cfg.train.device)
     precision = resolve_precision(cfg.train.precision, device)
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
@@ -136,6 +134,9 @@ def train(
     val_ds = CachedDataset(splits.val, prep, progress, desc="decoding val")
     counts = train_ds.class_counts()
     weights = _class_weights(counts, cfg.train.class_weights)
+    # Only now does the run folder appear: a typo in --data or an offline --weights imagenet
+    # must not leave a half-made run that blocks the retry.
+    state_dir.mkdir(parents=True, exist_ok=True)
     dump_config(cfg, out / "config.yaml")
     _write_splits(out / "splits.csv", {"train": splits.train, "val": splits.val})
 

@@ -1,0 +1,123 @@
+"""Datasets, manifests and patient-level splits (synthetic and, when present, real data)."""
+
+from __future__ import annotations
+
+import shutil
+import warnings
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pneumoscope.data.dataset import load_splits, read_manifest, resolve_eval_samples, scan_split_folder
+from pneumoscope.data.splits import merge_duplicate_groups, patient_id_from_name, patient_split
+from pneumoscope.data.transforms import Preprocessing, random_flip_rotate_zoom
+from pneumoscope.errors import DataError
+
+REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "chest_xray_224"
+
+
+def test_patient_ids_from_kaggle_names():
+    assert patient_id_from_name("person1000_bacteria_2931.jpeg") == "person1000"
+    assert patient_id_from_name("x/person1000_virus_1681.jpeg") == "person1000"
+    assert patient_id_from_name("IM-0115-0001.jpeg") == "IM-0115"
+    assert patient_id_from_name("NORMAL2-IM-0115-0001.jpeg") == "IM-0115"
+    assert patient_id_from_name("scan_42.png") == "scan_42"
+
+
+def test_duplicates_pull_patients_together(tmp_path):
+    files = []
+    for name, content in [("a1", b"x"), ("b1", b"y"), ("c1", b"x"), ("d1", b"z")]:
+        p = tmp_path / f"{name}.png"
+        p.write_bytes(content)
+        files.append(p)
+    groups = merge_duplicate_groups(files, ["a", "b", "c", "d"])
+    assert groups[0] == groups[2] and len(set(groups)) == 3
+
+
+def test_patient_split_is_disjoint_and_stratified():
+    labels = [0] * 40 + [1] * 80
+    groups = [f"p{i // 2}" for i in range(120)]  # two images per patient
+    tr, va = patient_split(labels, groups, 0.2, seed=1)
+    assert not {groups[i] for i in tr} & {groups[i] for i in va}
+    assert len(tr) + len(va) == 120 and 0.1 < len(va) / 120 < 0.3
+    assert Counter(labels[i] for i in va)[0] > 0 and Counter(labels[i] for i in va)[1] > 0
+    with pytest.raises(DataError, match="too few"):
+        patient_split([0, 1, 0], ["a", "b", "c"], 0.1, seed=0)
+
+
+def test_scan_errors_name_what_is_missing(tmp_path, synth_root):
+    with pytest.raises(DataError, match="no such folder"):
+        scan_split_folder(tmp_path / "nope")
+    root = tmp_path / "ds"
+    shutil.copytree(synth_root / "train", root / "train")
+    for f in (root / "train" / "PNEUMONIA").iterdir():
+        f.unlink()
+    with pytest.raises(DataError, match="no images of class PNEUMONIA"):
+        load_splits(root, "split")
+    with pytest.raises(DataError, match="train/"):
+        load_splits(tmp_path, "split")
+
+
+def test_manifest_with_splits_and_eval_resolution(tmp_path, synth_root):
+    csv_path = tmp_path / "m.csv"
+    lines = ["path,label,patient_id,split"]
+    for split in ("train", "val", "test"):
+        for cls in ("NORMAL", "PNEUMONIA"):
+            for p in sorted((synth_root / split / cls).glob("*.png")):
+                lines.append(f"{p},{cls},{p.stem},{split}")
+    csv_path.write_text("\n".join(lines) + "\n")
+    rows = read_manifest(csv_path)
+    assert {sp for _, sp in rows} == {"train", "val", "test"}
+    s = load_splits(csv_path, "val")
+    assert s.val and s.test and all(x.path.is_file() for x in s.train)
+    samples, _ = resolve_eval_samples(csv_path)
+    assert len(samples) == len(s.test)
+    assert len(resolve_eval_samples(synth_root)[0]) == len(resolve_eval_samples(synth_root / "test")[0])
+    bad = tmp_path / "bad.csv"
+    bad.write_text("path,label\nnope.png,COVID\n")
+    with pytest.raises(DataError, match="bad.csv:2"):
+        read_manifest(bad)
+
+
+def test_val_source_test_warns_about_the_leak(synth_root):
+    with pytest.warns(UserWarning, match="test split"):
+        load_splits(synth_root, "test")
+
+
+def test_augmentation_keeps_shape_and_identity_when_disabled():
+    import torch
+
+    from pneumoscope.config import AugmentConfig
+
+    x = torch.rand(4, 1, 16, 16)
+    same = random_flip_rotate_zoom(x, AugmentConfig(hflip=False, rotation_deg=0.0, zoom=0.0))
+    torch.testing.assert_close(same, x, atol=1e-5, rtol=0)
+    g = torch.Generator().manual_seed(0)
+    aug = random_flip_rotate_zoom(x, AugmentConfig(), generator=g)
+    assert aug.shape == x.shape and not torch.allclose(aug, x)
+
+
+def test_preprocessing_contract():
+    prep = Preprocessing(32)
+    t = prep(np.ones((50, 70), dtype=np.float32))
+    assert t.shape == (3, 32, 32)
+    expected = (1 - np.array(prep.mean)) / np.array(prep.std)
+    assert np.allclose(t[:, 5, 5].numpy(), expected, atol=1e-5)
+
+
+@pytest.mark.skipif(not REAL.is_dir(), reason=f"real data not found at {REAL}")
+def test_real_train_split_is_patient_level_and_keeps_duplicates_together():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        s = load_splits(REAL, "split", val_fraction=0.1, seed=42)
+    assert len(s.train) + len(s.val) == 1341 + 3875
+    assert not {x.patient_id for x in s.train} & {x.patient_id for x in s.val}
+    from pneumoscope.data.splits import content_hash
+
+    train_hashes = {content_hash(x.path) for x in s.train}
+    assert not train_hashes & {content_hash(x.path) for x in s.val}
+    frac_pneu = sum(x.label for x in s.val) / len(s.val)
+    assert 0.65 < frac_pneu < 0.85 and 0.07 < len(s.val) / 5216 < 0.13
+    assert len(s.test) == 118 + 196

@@ -1,0 +1,108 @@
+"""Training driver: stages, restore-best, class weights, resume, guards."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+
+from pneumoscope.config import load_config
+from pneumoscope.errors import ConfigError, DataError
+from pneumoscope.training import train
+from pneumoscope.training.module import ClassifierModule
+from pneumoscope.training.run import _class_weights
+
+TINY = {
+    "model.backbone": "vgg_tiny", "model.weights": "none", "data.image_size": 32, "data.val_source": "val",
+    "train.precision": "fp32", "train.device": "cpu", "train.batch_size": 16,
+    "train.stages": [
+        {"name": "stage1", "epochs": 2, "lr": 1e-3, "trainable_from": None},
+        {"name": "stage2", "epochs": 1, "lr": 1e-4, "trainable_from": "block3_conv1", "grad_clip_norm": 1.0},
+    ],
+}
+
+
+def test_class_weights_follow_the_seed_formula():
+    # The seed's folder counts give {NORMAL: 1.9448, PNEUMONIA: 0.6730}.
+    w = _class_weights([1341, 3875], "balanced")
+    assert round(w[0], 4) == 1.9448 and round(w[1], 4) == 0.6730
+    assert _class_weights([10, 30], "none") is None
+
+
+def test_loss_is_weighted_mean_plus_head_l2():
+    from pneumoscope.config import AugmentConfig, StageConfig
+    from pneumoscope.data.transforms import Preprocessing
+    from pneumoscope.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("vgg_tiny").eval()
+    mod = ClassifierModule(model, Preprocessing(32), StageConfig(), None, [2.0, 0.5], 0.05, 1e-4)
+    mod.log = lambda *a, **k: None  # not attached to a Trainer
+    x = torch.randint(0, 256, (4, 1, 32, 32), dtype=torch.uint8)
+    y = torch.tensor([0, 1, 1, 0])
+    loss = mod.training_step((x, y), 0)
+    logits = model(Preprocessing(32).normalize(x.float() / 255))
+    per = torch.nn.functional.cross_entropy(logits, y, label_smoothing=0.05, reduction="none")
+    expected = (per * torch.tensor([2.0, 0.5])[y]).mean() + 1e-4 * (model.head.fc1.weight ** 2).sum()
+    torch.testing.assert_close(loss, expected)
+
+
+def test_two_stages_write_a_run_and_resume_skips_finished_stages(tmp_path, synth_root):
+    cfg = load_config(None, TINY)
+    out = tmp_path / "run"
+    r = train(cfg, synth_root, out, progress=False)
+    assert r.checkpoint.is_file() and (out / "config.yaml").is_file() and (out / "splits.csv").is_file()
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert [r["stage"] for r in rows] == ["stage1", "stage1", "stage2"]
+    best = min(float(r["val_loss"]) for r in rows)
+    assert abs(r.best_val_loss - best) < 1e-6
+    assert r.best_epoch == 1 + [float(r["val_loss"]) for r in rows].index(best)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["epochs_run"] == 3 and summary["n_train"] > 0
+    # A finished run resumes without training again.
+    before = (out / "best.ckpt").stat().st_mtime_ns
+    r2 = train(cfg, synth_root, out, resume=True, progress=False)
+    assert len(list(csv.DictReader(open(out / "metrics.csv")))) == 3
+    assert (out / "best.ckpt").stat().st_mtime_ns == before and r2.best_epoch == r.best_epoch
+
+
+def test_interrupted_stage_resumes_from_its_last_epoch(tmp_path, synth_root, monkeypatch):
+    import pneumoscope.training.run as tr
+
+    cfg = load_config(None, TINY)
+    out = tmp_path / "run"
+    real_fit = tr.L.Trainer.fit
+    calls = {"n": 0}
+
+    def flaky_fit(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:  # stage 2 "crashes" before it starts
+            raise KeyboardInterrupt
+        return real_fit(self, *a, **k)
+
+    monkeypatch.setattr(tr.L.Trainer, "fit", flaky_fit)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, synth_root, out, progress=False)
+    progress = json.loads((out / "state" / "progress.json").read_text())
+    assert progress["completed"] == ["stage1"]
+    monkeypatch.setattr(tr.L.Trainer, "fit", real_fit)
+    r = train(cfg, synth_root, out, resume=True, progress=False)
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    assert [row["stage"] for row in rows] == ["stage1", "stage1", "stage2"]
+    assert r.summary["epochs_run"] == 3
+
+
+def test_guards(tmp_path, synth_root):
+    with pytest.raises(ConfigError, match="minimum"):
+        train(load_config(None, {**TINY, "data.image_size": 4}), synth_root, tmp_path / "a", progress=False)
+    with pytest.raises(ConfigError, match="valid layers"):
+        train(load_config(None, {**TINY, "model.cam_layer": "nope"}), synth_root, tmp_path / "b", progress=False)
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "x").write_text("x")
+    with pytest.raises(DataError, match="not empty"):
+        train(load_config(None, TINY), synth_root, tmp_path / "c", progress=False)
+    with pytest.raises(DataError, match="nothing to resume"):
+        train(load_config(None, TINY), synth_root, tmp_path / "d", resume=True, progress=False)
