@@ -10,14 +10,12 @@ from __future__ import annotations
 import csv
 import io
 import json
-import shutil
 import urllib.error
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-
 from conftest import (
     TINY_BACKBONE,
     TINY_IMAGE_SIZE,

@@ -10,8 +10,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pneumoscope.data.dataset import load_splits, read_manifest, resolve_eval_samples, scan_split_folder
-from pneumoscope.data.splits import merge_duplicate_groups, patient_id_from_name, patient_split
+from pneumoscope.data.dataset import (
+    load_splits,
+    read_manifest,
+    resolve_eval_samples,
+    scan_split_folder,
+)
+from pneumoscope.data.splits import (
+    merge_duplicate_groups,
+    patient_id_from_name,
+    patient_split,
+)
 from pneumoscope.data.transforms import Preprocessing, random_flip_rotate_zoom
 from pneumoscope.errors import DataError
 

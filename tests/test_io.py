@@ -13,8 +13,8 @@ from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.sequence import Sequence
 from pydicom.uid import (
-    HTJ2KLossless,
     ExplicitVRLittleEndian,
+    HTJ2KLossless,
     JPEGBaseline8Bit,
     generate_uid,
 )

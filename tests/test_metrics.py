@@ -9,7 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pneumoscope.evaluation.metrics import compute_metrics, predict_labels, write_metrics_json
+from pneumoscope.evaluation.metrics import (
+    compute_metrics,
+    predict_labels,
+    write_metrics_json,
+)
 
 
 def _seed_case() -> tuple[np.ndarray, np.ndarray]:

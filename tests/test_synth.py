@@ -12,7 +12,13 @@ from scipy import ndimage
 from sklearn.metrics import roc_auc_score
 
 from pneumoscope.data import synth
-from pneumoscope.data.synth import CLASS_NAMES, Phantom, SynthSummary, make_phantom, synth_dataset
+from pneumoscope.data.synth import (
+    CLASS_NAMES,
+    Phantom,
+    SynthSummary,
+    make_phantom,
+    synth_dataset,
+)
 from pneumoscope.errors import ConfigError, DataError
 
 

@@ -32,7 +32,7 @@ def test_class_weights_follow_the_seed_formula():
 
 
 def test_loss_is_weighted_mean_plus_head_l2():
-    from pneumoscope.config import AugmentConfig, StageConfig
+    from pneumoscope.config import StageConfig
     from pneumoscope.data.transforms import Preprocessing
     from pneumoscope.models import create_model
 

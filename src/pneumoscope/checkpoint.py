@@ -8,8 +8,6 @@ resolved training config. ``predict``, ``explain`` and ``serve`` need nothing el
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -20,6 +18,7 @@ from torch import nn
 
 from .data.transforms import Preprocessing
 from .errors import CheckpointError, PneumoscopeError
+from .fileio import atomic_path
 
 FORMAT = "pneumoscope.checkpoint"
 FORMAT_VERSION = 1
@@ -46,9 +45,9 @@ class Checkpoint:
 
 
 def _versions() -> dict[str, str]:
-    from . import __version__
-
     import torchvision
+
+    from . import __version__
 
     return {"pneumoscope": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__}
 
@@ -84,15 +83,8 @@ def save_checkpoint(
     }
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(state, tmp, metadata={"pneumoscope": json.dumps(meta)})
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata={"pneumoscope": json.dumps(meta)})
     return path
 
 

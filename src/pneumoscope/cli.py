@@ -154,6 +154,23 @@ def evaluate(
     _say(f"wrote {out / 'metrics.json'}")
 
 
+def _load_inputs(inputs: list[Path], checkpoint: Path, device: str, precision: Precision, batch_size: int) -> tuple[list[Path], Any]:
+    """Expand files/folders and load the checkpoint once (inputs first: a typo fails fast)."""
+    from .data.io import list_images
+    from .inference import Predictor
+
+    paths = list_images(inputs)
+    return paths, Predictor(checkpoint, device=device, precision=precision.value, batch_size=batch_size)
+
+
+def _report_failures(rows: list[Any]) -> int:
+    """One ``error:`` line per file that failed; returns how many did."""
+    failed = [r for r in rows if r.error]
+    for r in failed:
+        _say(f"error: {r.path}: {r.error}")
+    return len(failed)
+
+
 @app.command()
 @user_errors
 def predict(
@@ -166,11 +183,9 @@ def predict(
     device: str = typer.Option("auto", "--device"),
 ) -> None:
     """Predict NORMAL/PNEUMONIA per image; exit 0 only when every input succeeded."""
-    from .data.io import list_images
-    from .inference import Predictor, write_predictions
+    from .inference import write_predictions
 
-    paths = list_images(inputs)
-    predictor = Predictor(checkpoint, device=device, precision=precision.value, batch_size=batch_size)
+    paths, predictor = _load_inputs(inputs, checkpoint, device, precision, batch_size)
     if explain_dir is not None:
         rows, _ = predictor.explain_files(paths, explain_dir, progress=_progress())
     else:
@@ -184,11 +199,9 @@ def predict(
             w.writerow([r.path, r.label, "" if r.prob_pneumonia is None else f"{r.prob_pneumonia:.6f}", r.threshold, r.error])
     else:
         write_predictions(rows, out)
-    failed = [r for r in rows if r.error]
-    for r in failed:
-        _say(f"error: {r.path}: {r.error}")
+    failed = _report_failures(rows)
     if failed:
-        _say(f"{len(failed)} of {len(rows)} inputs failed")
+        _say(f"{failed} of {len(rows)} inputs failed")
         raise typer.Exit(1)
 
 
@@ -207,18 +220,12 @@ def explain(
     device: str = typer.Option("auto", "--device"),
 ) -> None:
     """Grad-CAM per image: overlay PNG, raw map (.npy) and a manifest.json for the run."""
-    from .data.io import list_images
-    from .inference import Predictor
-
-    paths = list_images(inputs)
-    predictor = Predictor(checkpoint, device=device, precision=precision.value, batch_size=batch_size)
+    paths, predictor = _load_inputs(inputs, checkpoint, device, precision, batch_size)
     rows, manifest = predictor.explain_files(
         paths, out, method=method, layer=layer, target=target, style=style.value, progress=_progress()
     )
-    failed = [r for r in rows if r.error]
-    for r in failed:
-        _say(f"error: {r.path}: {r.error}")
-    _say(f"explained {len(rows) - len(failed)} of {len(rows)} images; manifest: {manifest}")
+    failed = _report_failures(rows)
+    _say(f"explained {len(rows) - failed} of {len(rows)} images; manifest: {manifest}")
     if failed:
         raise typer.Exit(1)
 

@@ -138,7 +138,10 @@ def _run(
     else:
         data_root = Path(data)
         log(f"[1/5] using data from {data_root}")
-    cfg = load_config(config, overrides)
+    # Real data rarely has a usable val/ (Kaggle's holds 16 images, chest_xray_224 none), so
+    # a real-data demo validates on a patient-level split of train unless told otherwise.
+    defaults = {} if synthetic else {"data.val_source": "split"}
+    cfg = load_config(config, {**defaults, **(overrides or {})})
     log(f"[2/5] training {cfg.model.backbone} at {cfg.data.image_size} px")
     result = train(cfg, data_root, out / "run", progress=progress)
     log(f"      best val_loss {result.best_val_loss:.4f} at epoch {result.best_epoch} ({result.seconds:.0f} s)")

@@ -7,7 +7,6 @@ is what a user pointing the tool at a folder of mixed exports needs.
 from __future__ import annotations
 
 import json
-import os
 import re
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -22,6 +21,7 @@ from .data.io import read_image
 from .errors import PneumoscopeError
 from .explanation.cam import explain
 from .explanation.overlay import render_overlay
+from .fileio import atomic_path, atomic_write_text
 from .runtime import autocast, resolve_device, resolve_precision
 
 MAX_OVERLAY_SIDE = 1024  # overlays keep the image's aspect ratio, capped for file size
@@ -197,7 +197,7 @@ class Predictor:
                 "images": entries,
             }
             manifest_path = out / "manifest.json"
-            _write_text(manifest_path, json.dumps(manifest, indent=2))
+            atomic_write_text(manifest_path, json.dumps(manifest, indent=2))
         except BaseException:
             for f in written:
                 f.unlink(missing_ok=True)
@@ -235,27 +235,14 @@ def _unique_stem(p: Path, used: set[str]) -> str:
     return stem
 
 
-def _tmp(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp")
-
-
 def _save_png(img: "object", path: Path) -> None:
-    tmp = _tmp(path)
-    img.save(tmp, format="PNG")  # type: ignore[attr-defined]
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        img.save(tmp, format="PNG")  # type: ignore[attr-defined]
 
 
 def _save_npy(arr: np.ndarray, path: Path) -> None:
-    tmp = _tmp(path)
-    with open(tmp, "wb") as fh:
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         np.save(fh, arr.astype(np.float32))
-    os.replace(tmp, path)
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = _tmp(path)
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def write_predictions(rows: Sequence[Prediction], path: str | Path) -> Path:
@@ -273,6 +260,5 @@ def write_predictions(rows: Sequence[Prediction], path: str | Path) -> Path:
         for r in rows:
             w.writerow([r.path, r.label, "" if r.prob_pneumonia is None else f"{r.prob_pneumonia:.6f}", r.threshold, r.error])
         text = buf.getvalue()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _write_text(path, text)
+    atomic_write_text(path, text)
     return path

@@ -17,7 +17,6 @@ import base64
 import html
 import json
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +28,13 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from numpy.typing import ArrayLike
 
-from pneumoscope.evaluation.metrics import DEFAULT_CLASS_NAMES, check_binary_inputs, predict_labels
+from pneumoscope.evaluation.metrics import (
+    DEFAULT_CLASS_NAMES,
+    check_binary_inputs,
+    predict_labels,
+)
+
+from .fileio import atomic_write_text
 
 __all__ = [
     "DISCLAIMER",
@@ -515,25 +520,6 @@ def _info_value(value: Any) -> str:
     return str(value)
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file and :func:`os.replace`."""
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        # mkstemp creates the file 0600; a report is meant to be shared.
-        os.chmod(tmp_name, 0o644)
-        os.replace(tmp_name, path)
-    except BaseException:
-        try:
-            os.unlink(tmp_name)
-        except FileNotFoundError:
-            pass
-        raise
-
-
 def write_report(
     out_dir: str | os.PathLike[str],
     *,
@@ -625,5 +611,5 @@ def write_report(
         + "\n</body>\n</html>\n"
     )
     target = out / "report.html"
-    _write_text_atomic(target, document)
+    atomic_write_text(target, document)
     return target

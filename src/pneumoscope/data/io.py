@@ -34,7 +34,12 @@ import pydicom.uid as dicom_uid
 from PIL import Image, ImageOps, UnidentifiedImageError
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, get_decoder
+from pydicom.pixels import (
+    apply_color_lut,
+    apply_modality_lut,
+    apply_voi_lut,
+    get_decoder,
+)
 
 from pneumoscope.errors import DataError, ImageReadError
 

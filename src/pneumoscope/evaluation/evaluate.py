@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ import torch
 
 from ..checkpoint import load_checkpoint
 from ..data.dataset import CLASS_NAMES, Sample, decode_images, resolve_eval_samples
+from ..fileio import atomic_path
 from ..inference import Predictor
 from .metrics import compute_metrics, write_metrics_json
 from .plots import save_evaluation_plots
@@ -70,10 +70,8 @@ def evaluate(
 
 
 def _write_predictions(path: Path, samples: list[Sample], probs: np.ndarray, threshold: float) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as fh:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
         w.writerow(["path", "patient_id", "true_label", "label", "prob_pneumonia", "threshold"])
         for s, p in zip(samples, probs):
             w.writerow([s.path, s.patient_id, CLASS_NAMES[s.label], CLASS_NAMES[int(p >= threshold)], f"{p:.6f}", threshold])
-    os.replace(tmp, path)

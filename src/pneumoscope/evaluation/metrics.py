@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,8 @@ from sklearn.metrics import (
     precision_recall_fscore_support,
     roc_auc_score,
 )
+
+from ..fileio import atomic_write_text
 
 __all__ = [
     "DEFAULT_CLASS_NAMES",
@@ -303,19 +304,4 @@ def write_metrics_json(metrics: dict[str, Any], path: str | os.PathLike[str]) ->
     target = Path(path)
     # Serialise first so that an unserialisable dict never touches the file system.
     text = json.dumps(metrics, indent=2, sort_keys=False, allow_nan=False, default=_json_default) + "\n"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        # mkstemp creates the file 0600; results are meant to be shared, so use 0644.
-        os.chmod(tmp_name, 0o644)
-        os.replace(tmp_name, target)
-    except BaseException:
-        try:
-            os.unlink(tmp_name)
-        except FileNotFoundError:
-            pass
-        raise
+    atomic_write_text(target, text)

@@ -25,7 +25,11 @@ from sklearn.metrics import (
     roc_curve,
 )
 
-from pneumoscope.evaluation.metrics import DEFAULT_CLASS_NAMES, check_binary_inputs, predict_labels
+from pneumoscope.evaluation.metrics import (
+    DEFAULT_CLASS_NAMES,
+    check_binary_inputs,
+    predict_labels,
+)
 
 __all__ = ["plot_confusion_matrix", "plot_pr", "plot_roc", "save_evaluation_plots"]
 

@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
-from ..runtime import autocast
 from ..models.base import resolve_layer
+from ..runtime import autocast
 
 SCORES = ("log_prob", "logit")
 

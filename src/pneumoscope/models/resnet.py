@@ -26,7 +26,8 @@ def _resnet_classifier(tv_model: nn.Module, num_classes: int) -> Classifier:
     description="ResNet-18 + the seed head; 11.2 M parameters",
 )
 def resnet18(weights: str | None = None, num_classes: int = 2) -> Classifier:
-    from torchvision.models import ResNet18_Weights, resnet18 as tv_resnet18
+    from torchvision.models import ResNet18_Weights
+    from torchvision.models import resnet18 as tv_resnet18
 
     model = _resnet_classifier(tv_resnet18(weights=None), num_classes)
     if weights is not None:

@@ -11,6 +11,8 @@ from typing import Any, Callable
 import lightning as L
 import torch
 
+from ..fileio import atomic_path
+
 
 def _metric(trainer: L.Trainer, key: str) -> float:
     v = trainer.callback_metrics.get(key)
@@ -37,9 +39,8 @@ class RestoreBestWeights(L.Callback):
             from safetensors.torch import save_file
 
             state = {k: v.detach().cpu().contiguous() for k, v in pl_module.model.state_dict().items()}
-            tmp = self.path.with_suffix(".tmp")
-            save_file(state, str(tmp))
-            tmp.replace(self.path)
+            with atomic_path(self.path) as tmp:
+                save_file(state, str(tmp))
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.path.is_file():
