@@ -150,6 +150,11 @@ def test_evaluate_writes_metrics_and_plots(run_cli, tiny_ckpt, synth_root, tmp_p
     assert {"precision", "recall", "f1"} <= set(m["macro"])
     assert m["threshold"] == pytest.approx(0.5)
     assert 0.0 <= m["accuracy"] <= 1.0
+    # Every headline figure is a number computed from the confusion matrix, not metadata.
+    tn, fp, fn, tp = cm.ravel()
+    assert m["precision"] == pytest.approx(tp / (tp + fp) if tp + fp else 0.0)
+    assert m["recall"] == pytest.approx(tp / (tp + fn)) and m["specificity"] == pytest.approx(tn / (tn + fp))
+    assert m["compute_precision"] == "fp32"
     assert m["roc_auc"] is not None and 0.0 <= m["roc_auc"] <= 1.0
     # Root resolves to its test/ split.
     assert Path(m["data"]) == synth_root / "test"

@@ -60,7 +60,7 @@ def evaluate(
     metrics["checkpoint"] = str(checkpoint)
     metrics["architecture"] = predictor.ckpt.architecture
     metrics["data"] = str(source)
-    metrics["precision"] = predictor.precision
+    metrics["compute_precision"] = predictor.precision  # not "precision": that key is PPV
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     save_evaluation_plots(labels, probs, predictor.threshold, out, class_names=CLASS_NAMES)
