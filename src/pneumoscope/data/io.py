@@ -14,6 +14,7 @@ Formats:
 * DICOM is decoded by pydicom: Modality LUT (Rescale Slope/Intercept), then VOI LUT or
   window (Window Center/Width), then a linear map of the VOI output range to
   ``[0, 1]``; MONOCHROME1 is inverted. Multi-frame files give their first frame.
+  The DICOM decoding lives in :mod:`pneumoscope.data.dicom`.
 
 Every problem a user can fix (missing, empty, truncated or unsupported file, missing
 decoder, oversized image) is raised as :class:`~pneumoscope.errors.ImageReadError`
@@ -22,26 +23,25 @@ naming the file and what was expected, never as a raw library exception.
 
 from __future__ import annotations
 
-import logging
 import os
 import stat
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import pydicom
-import pydicom.uid as dicom_uid
 from PIL import Image, ImageOps, UnidentifiedImageError
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
-from pydicom.pixels import (
-    apply_color_lut,
-    apply_modality_lut,
-    apply_voi_lut,
-    get_decoder,
-)
 
 from pneumoscope.errors import DataError, ImageReadError
+
+from ._common import _EXPECTED, _LUMA, _check_dimensions, _finish, _min_max, _one_line
+from .dicom import (
+    _DICOM_SUFFIXES,
+    _dicom_to_gray,
+    _looks_like_raw_dicom,
+    _parse_dicom,
+    _require_pixel_data,
+)
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -53,8 +53,6 @@ __all__ = [
     "to_uint8",
 ]
 
-logger = logging.getLogger(__name__)
-
 #: File suffixes (lower case) that :func:`list_images` picks up when it walks a folder.
 IMAGE_SUFFIXES: frozenset[str] = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".dcm", ".dicom"}
@@ -63,28 +61,15 @@ IMAGE_SUFFIXES: frozenset[str] = frozenset(
 #: Default upper bound on width x height, checked from the header before decoding.
 DEFAULT_MAX_PIXELS: int = 100_000_000
 
-_DICOM_SUFFIXES = frozenset({".dcm", ".dicom"})
-
 # Pillow is asked for these formats only: its other plugins (TGA in particular) identify
 # files on weak evidence and could claim a preamble-less DICOM or random bytes. (A JPEG
 # with a multi-picture segment is opened as MPO by the JPEG opener, so it is covered.)
 _PIL_FORMATS = ("JPEG", "PNG", "BMP", "DIB", "TIFF")
 
-_EXPECTED = "expected a JPEG, PNG or DICOM image"
 _EXPECTED_ANY = "expected a JPEG, PNG, BMP, TIFF or DICOM image"
 
 _DICM_OFFSET = 128
 _HEAD_BYTES = _DICM_OFFSET + 4
-
-# ITU-R BT.601 luma weights: what Pillow's convert("L") and JPEG's YCbCr use, so a colour
-# export of a grey radiograph comes back to the same grey values.
-_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
-
-# DICOM elements that any image object carries; a forced parse of a file that is not
-# DICOM produces a handful of garbage elements but never these.
-_DICOM_EVIDENCE = ("SOPClassUID", "Rows", "Columns", "StudyInstanceUID", "Modality")
-
-_PIXEL_DATA_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 
 
 # --------------------------------------------------------------------------- public API
@@ -272,13 +257,6 @@ def _os_reason(exc: OSError) -> str:
     return exc.strerror or type(exc).__name__
 
 
-def _one_line(exc: BaseException) -> str:
-    """First line of an exception message, bounded, for a one-line user-facing error."""
-    text = str(exc).strip().splitlines()
-    line = text[0] if text else type(exc).__name__
-    return line if len(line) <= 200 else line[:197] + "..."
-
-
 def _describe_head(head: bytes) -> str:
     """Say briefly what the file looks like, so "not an image" is actionable."""
     sample = head[:64]
@@ -287,19 +265,6 @@ def _describe_head(head: bytes) -> str:
     if sample and all(32 <= b < 127 or b in (9, 10, 13) for b in sample):
         return "looks like a text file"
     return f"unknown content starting with {sample[:8].hex(' ')}"
-
-
-def _check_dimensions(p: Path, width: int, height: int, max_pixels: int) -> None:
-    if width <= 0 or height <= 0:
-        raise ImageReadError(
-            p, f"image has a zero dimension ({width}x{height} pixels); expected a non-empty image"
-        )
-    if width * height > max_pixels:
-        raise ImageReadError(
-            p,
-            f"image is {width}x{height} = {width * height:,} pixels, more than the limit of "
-            f"{max_pixels:,} (max_pixels); refusing to decode it (possible decompression bomb)",
-        )
 
 
 # ----------------------------------------------------------------------------- Pillow
@@ -393,239 +358,6 @@ def _pil_array(image: Image.Image) -> np.ndarray:
         rgb = np.asarray(rgb_image)[..., :3].astype(np.float32)  # alpha dropped
         gray = (rgb @ _LUMA) / 255.0
     return _finish(gray)
-
-
-# ------------------------------------------------------------------------------ DICOM
-
-
-def _looks_like_raw_dicom(p: Path, head: bytes) -> bool:
-    """Recognise a DICOM dataset written without preamble and ``DICM`` marker."""
-    if len(head) < 8:
-        return False
-    # A raw dataset starts with a group 0x0000 (command), 0x0002 (meta) or 0x0008 element
-    # in either byte order; checking this first keeps a forced parse of arbitrary files
-    # (which reads garbage lengths) off the common path.
-    if head[:2] not in (b"\x00\x00", b"\x02\x00", b"\x08\x00", b"\x00\x02", b"\x00\x08"):
-        return False
-    try:
-        ds = pydicom.dcmread(p, force=True, stop_before_pixels=True)
-    except MemoryError:
-        raise
-    except Exception:
-        return False
-    return _has_dicom_evidence(ds)
-
-
-def _has_dicom_evidence(ds: Dataset) -> bool:
-    try:
-        return any(keyword in ds for keyword in _DICOM_EVIDENCE)
-    except Exception:  # a garbage parse may hold elements that fail to look up
-        return False
-
-
-def _parse_dicom(p: Path, *, has_marker: bool) -> Dataset:
-    """dcmread with user-facing errors; sets a missing Transfer Syntax UID."""
-    try:
-        # force is needed for preamble-less files; with a marker present keep pydicom's
-        # own validation.
-        ds = pydicom.dcmread(p, force=not has_marker)
-    except InvalidDicomError as exc:
-        raise ImageReadError(
-            p, f"not a valid DICOM file ({_one_line(exc)}); {_EXPECTED}"
-        ) from None
-    except MemoryError:
-        raise
-    except Exception as exc:
-        raise ImageReadError(
-            p,
-            f"DICOM file is truncated or corrupt ({_one_line(exc)}); "
-            "expected a complete DICOM file",
-        ) from None
-    if not has_marker and not _has_dicom_evidence(ds):
-        raise ImageReadError(
-            p,
-            "not a valid DICOM file (no 'DICM' marker at byte 128 and no DICOM image "
-            f"attributes); {_EXPECTED}",
-        )
-    meta = ds.file_meta
-    if "TransferSyntaxUID" not in meta:
-        # Preamble-less files often lack file meta; pydicom refuses to decode pixels
-        # without a transfer syntax, so state the one the dataset was actually read with.
-        implicit_vr, little_endian = ds.original_encoding
-        if little_endian is False:
-            meta.TransferSyntaxUID = dicom_uid.ExplicitVRBigEndian
-        elif implicit_vr is False:
-            meta.TransferSyntaxUID = dicom_uid.ExplicitVRLittleEndian
-        else:
-            meta.TransferSyntaxUID = dicom_uid.ImplicitVRLittleEndian
-    return ds
-
-
-def _require_pixel_data(ds: Dataset, p: Path) -> None:
-    if not any(keyword in ds for keyword in _PIXEL_DATA_KEYWORDS):
-        raise ImageReadError(
-            p, "DICOM has no pixel data (PixelData missing); expected an image DICOM"
-        )
-
-
-def _decoder_install_hint(ts: dicom_uid.UID, missing: Sequence[str]) -> str:
-    """Name the package(s) a user should install to decode transfer syntax ``ts``."""
-    if ts in dicom_uid.JPEG2000TransferSyntaxes:  # includes HTJ2K
-        return "pylibjpeg and pylibjpeg-openjpeg (pip install pylibjpeg pylibjpeg-openjpeg)"
-    if ts in dicom_uid.JPEGTransferSyntaxes or ts in dicom_uid.JPEGLSTransferSyntaxes:
-        return "pylibjpeg and pylibjpeg-libjpeg (pip install pylibjpeg pylibjpeg-libjpeg)"
-    if ts in dicom_uid.RLETransferSyntaxes:
-        return "pylibjpeg and pylibjpeg-rle (pip install pylibjpeg pylibjpeg-rle)"
-    return "; ".join(missing) or "a pydicom pixel-data decoder plugin"
-
-
-def _check_decoder(ts: dicom_uid.UID, p: Path) -> None:
-    """Fail with an install hint, before decoding, when no decoder for ``ts`` is present."""
-    name = ts.name if ts.name != str(ts) else "an unknown transfer syntax"
-    try:
-        decoder = get_decoder(ts)
-    except NotImplementedError:
-        raise ImageReadError(
-            p,
-            f"DICOM pixel data uses {name} ({ts}), which pydicom cannot decode; expected an "
-            "uncompressed, RLE, JPEG, JPEG-LS or JPEG 2000 DICOM (convert it, e.g. with "
-            "dcmtk dcmdjpeg or gdcmconv --raw)",
-        ) from None
-    if not decoder.is_available:
-        hint = _decoder_install_hint(ts, decoder.missing_dependencies)
-        raise ImageReadError(
-            p, f"DICOM pixel data is compressed with {name} ({ts}) and no decoder for it is "
-            f"installed; install {hint}",
-        )
-
-
-def _dicom_to_gray(ds: Dataset, p: Path, max_pixels: int) -> np.ndarray:
-    _require_pixel_data(ds, p)
-    rows = int(ds.get("Rows", 0) or 0)
-    columns = int(ds.get("Columns", 0) or 0)
-    _check_dimensions(p, columns, rows, max_pixels)
-    ts = dicom_uid.UID(ds.file_meta.TransferSyntaxUID)
-    _check_decoder(ts, p)
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
-    samples = int(ds.get("SamplesPerPixel", 1) or 1)
-    try:
-        if frames > 1:
-            # Decode only the first frame: cheaper, and max_pixels was checked per frame.
-            ds.pixel_array_options(index=0)
-        arr = ds.pixel_array
-    except MemoryError:
-        raise
-    except Exception as exc:
-        raise ImageReadError(
-            p,
-            f"could not decode DICOM pixel data ({ts.name}): {_one_line(exc)}; expected "
-            "a complete, valid DICOM image",
-        ) from None
-    if arr.ndim == (4 if samples > 1 else 3):  # a decoder ignored the frame index
-        arr = arr[0]
-
-    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
-    try:
-        if photometric == "PALETTE COLOR":
-            rgb = apply_color_lut(arr, ds)
-            gray = _rgb_to_gray(rgb, float(np.iinfo(rgb.dtype).max))
-        elif samples > 1 or arr.ndim == 3:
-            # pydicom has already converted YBR to RGB (as_rgb defaults to True).
-            bits = int(ds.get("BitsStored", ds.get("BitsAllocated", 8)))
-            gray = _rgb_to_gray(arr, float(2**bits - 1))
-        else:
-            values = apply_modality_lut(arr, ds)
-            gray = _voi_normalise(values, ds, p)
-            if photometric == "MONOCHROME1":
-                # MONOCHROME1 stores bone dark (minimum = white); invert after the
-                # window, as the standard's display pipeline does.
-                gray = 1.0 - gray
-    except ImageReadError:
-        raise
-    except MemoryError:
-        raise
-    except Exception as exc:
-        raise ImageReadError(
-            p,
-            f"invalid DICOM grey-scale attributes ({_one_line(exc)}); "
-            "expected a valid image DICOM",
-        ) from None
-    return _finish(gray)
-
-
-def _rgb_to_gray(rgb: np.ndarray, full_scale: float) -> np.ndarray:
-    return (rgb[..., :3].astype(np.float32) @ _LUMA) / np.float32(full_scale)
-
-
-def _voi_kind(ds: Dataset) -> str | None:
-    """Which VOI transform apply_voi_lut will use (mirrors its prefer_lut=True choice)."""
-    sequence = ds.get("VOILUTSequence")
-    if sequence:
-        item = sequence[0]
-        if item.get("LUTDescriptor") is not None and item.get("LUTData") is not None:
-            return "lut"
-    if ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None:
-        return "window"
-    return None
-
-
-def _voi_normalise(values: np.ndarray, ds: Dataset, p: Path) -> np.ndarray:
-    """Apply the VOI LUT/window and map its output range linearly onto [0, 1].
-
-    pydicom's VOI functions output in a range that depends on Bits Stored, the rescale
-    and the LUT depth. Rather than re-deriving it, push the extremes of the input domain
-    through the same function: for a LINEAR window this maps [c - w/2, c + w/2] exactly
-    onto [0, 1], and it stays right for SIGMOID windows and VOI LUT sequences.
-    """
-    kind = _voi_kind(ds)
-    if kind == "lut":
-        item = ds.VOILUTSequence[0]
-        n_entries = int(item.LUTDescriptor[0]) or 65536
-        first = int(item.LUTDescriptor[1])
-        # A LUT is indexed by integer stored values; pydicom warns on (and mis-indexes)
-        # float input, which a fractional rescale produces.
-        indices = np.rint(values).astype(np.int64) if values.dtype.kind == "f" else values
-        out = apply_voi_lut(indices, ds).astype(np.float64)
-        domain = apply_voi_lut(np.arange(first, first + n_entries, dtype=np.int64), ds)
-        return _scale(out, float(domain.min()), float(domain.max()))
-    if kind == "window":
-        try:
-            out = apply_voi_lut(values, ds)
-            with np.errstate(over="ignore"):  # SIGMOID's exp() overflows to the asymptote
-                lo, hi = apply_voi_lut(np.array([-1e30, 1e30]), ds)
-        except ValueError as exc:
-            # A broken window (e.g. width 0) should not make a readable image unreadable;
-            # viewers fall back to the full range, and so do we, loudly.
-            logger.warning(
-                "%s: ignoring invalid DICOM window (%s); using min-max", p, _one_line(exc)
-            )
-        else:
-            return _scale(out, float(lo), float(hi))
-    return _min_max(values)
-
-
-def _scale(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    if hi == lo:
-        return np.zeros(values.shape, dtype=np.float32)
-    return np.clip((np.asarray(values, dtype=np.float64) - lo) / (hi - lo), 0.0, 1.0).astype(
-        np.float32
-    )
-
-
-def _min_max(values: np.ndarray) -> np.ndarray:
-    """Stretch the finite range of ``values`` onto [0, 1]; a flat image maps to 0."""
-    values = np.asarray(values, dtype=np.float64)
-    finite = values[np.isfinite(values)]
-    if finite.size == 0:
-        return np.zeros(values.shape, dtype=np.float32)
-    return _scale(values, float(finite.min()), float(finite.max()))
-
-
-def _finish(gray: np.ndarray) -> np.ndarray:
-    """Final contract: (H, W) C-contiguous float32, finite, within [0, 1]."""
-    gray = np.nan_to_num(np.asarray(gray, dtype=np.float32), nan=0.0, posinf=1.0, neginf=0.0)
-    # Float rounding (e.g. luma weights summing to 1 +- eps) can step just outside [0, 1].
-    return np.ascontiguousarray(np.clip(gray, 0.0, 1.0))
 
 
 def _walk_images(folder: Path) -> list[Path]:
