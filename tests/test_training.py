@@ -106,3 +106,11 @@ def test_guards(tmp_path, synth_root):
         train(load_config(None, TINY), synth_root, tmp_path / "c", progress=False)
     with pytest.raises(DataError, match="nothing to resume"):
         train(load_config(None, TINY), synth_root, tmp_path / "d", resume=True, progress=False)
+
+
+def test_resume_refuses_a_changed_configuration(tmp_path, synth_root):
+    out = tmp_path / "run"
+    train(load_config(None, TINY), synth_root, out, progress=False)
+    changed = load_config(None, {**TINY, "train.batch_size": 8})
+    with pytest.raises(ConfigError, match="train.batch_size was 16, now 8"):
+        train(changed, synth_root, out, resume=True, progress=False)

@@ -108,6 +108,8 @@ def train(
     }.items() if v is not None})
     if limit_train_batches is not None:
         overrides["train.limit_train_batches"] = int(limit_train_batches) if limit_train_batches > 1 else limit_train_batches
+    if resume and config is None and (out / "config.yaml").is_file():
+        config = str(out / "config.yaml")  # continue the run as it was configured
     cfg = load_config(config, overrides)
     if epochs is not None:
         cfg = _set_epochs(cfg, epochs)

@@ -92,6 +92,33 @@ def _quiet_lightning() -> Iterator[None]:
             lg.setLevel(lvl)
 
 
+def _check_same_config(cfg: Config, saved: Path) -> None:
+    """A resumed run must continue the configuration it started with."""
+    from ..config import read_yaml
+
+    if not saved.is_file():
+        raise DataError(f"{saved}: missing; cannot check that --resume continues the same configuration")
+    old, new = _flatten(read_yaml(saved)), _flatten(cfg.to_dict())
+    changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+    if changed:
+        k = changed[0]
+        raise ConfigError(
+            f"--resume with a different configuration: {k} was {old.get(k)!r}, now {new.get(k)!r} "
+            f"({len(changed)} key(s) differ); resume with the run's own config.yaml or start a new --out"
+        )
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
 def train(
     cfg: Config,
     data: str | Path,
@@ -120,6 +147,8 @@ def train(
         raise DataError(f"{out}: run folder is not empty; pass --resume to continue it or choose another --out")
     if resume and not progress_file.is_file():
         raise DataError(f"{out}: nothing to resume (no state/progress.json); start a new run instead")
+    if resume:
+        _check_same_config(cfg, out / "config.yaml")
     device = resolve_device(cfg.train.device)
     precision = resolve_precision(cfg.train.precision, device)
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
@@ -137,7 +166,8 @@ def train(
     # Only now does the run folder appear: a typo in --data or an offline --weights imagenet
     # must not leave a half-made run that blocks the retry.
     state_dir.mkdir(parents=True, exist_ok=True)
-    dump_config(cfg, out / "config.yaml")
+    if not resume:
+        dump_config(cfg, out / "config.yaml")
     _write_splits(out / "splits.csv", {"train": splits.train, "val": splits.val})
 
     run_state: dict[str, Any] = {"completed": [], "epoch_offset": 0, "best_val_loss": math.inf, "best_epoch": 0}
@@ -185,7 +215,8 @@ def train(
         with _quiet_lightning():
             trainer = L.Trainer(
                 accelerator="gpu" if device.type == "cuda" else "cpu",
-                devices=1,
+                # devices=1 would mean "the first GPU"; honour an explicit cuda:N.
+                devices=[device.index] if device.type == "cuda" and device.index is not None else 1,
                 precision=lightning_precision(precision),  # type: ignore[arg-type]
                 max_epochs=stage.epochs,
                 gradient_clip_val=stage.grad_clip_norm,
