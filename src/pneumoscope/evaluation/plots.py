@@ -25,7 +25,8 @@ from sklearn.metrics import (
     roc_curve,
 )
 
-from pneumoscope.evaluation.metrics import (
+from ..fileio import atomic_path
+from .metrics import (
     DEFAULT_CLASS_NAMES,
     check_binary_inputs,
     predict_labels,
@@ -45,10 +46,10 @@ def _new_figure(width_in: float, height_in: float) -> Figure:
 
 
 def _save(fig: Figure, path: str | os.PathLike[str]) -> Path:
-    """Save ``fig`` as PNG at ``path`` (creating the parent directory) and return the path."""
+    """Save ``fig`` as PNG at ``path`` atomically (creating the parent directory); return the path."""
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(target, format="png", dpi=_DPI)
+    with atomic_path(target) as tmp:
+        fig.savefig(tmp, format="png", dpi=_DPI)
     return target
 
 

@@ -23,11 +23,12 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from numpy.typing import ArrayLike
 
-from pneumoscope.evaluation.metrics import (
+from ..evaluation.metrics import (
     DEFAULT_CLASS_NAMES,
     check_binary_inputs,
     predict_labels,
 )
+from ..fileio import atomic_path
 
 #: Outcome groups in display order: true negatives, true positives, false positives,
 #: false negatives (PNEUMONIA is the positive class).
@@ -330,6 +331,6 @@ def render_gallery(
     )
 
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(target, format="png", dpi=GALLERY_DPI, facecolor="white")
+    with atomic_path(target) as tmp:
+        fig.savefig(tmp, format="png", dpi=GALLERY_DPI, facecolor="white")
     return target
