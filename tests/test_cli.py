@@ -538,3 +538,50 @@ def test_val_source_test_warns_about_leak(run_cli, synth_root, tiny_config, tmp_
 def test_no_args_shows_help(run_cli):
     result = run_cli()
     assert "train" in result.output and "predict" in result.output
+
+
+# --------------------------------------------------------------------------- DICOM end to end
+
+
+def _write_dicom(path: Path, pixels: np.ndarray, photometric: str) -> Path:
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.PatientID = "DX", "TEST"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PixelData = pixels.astype(np.uint16).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_predict_dicom_monochrome1_matches_its_monochrome2_twin(run_cli, tiny_ckpt, test_images, tmp_path):
+    from PIL import Image
+
+    gray = np.asarray(Image.open(test_images[-1]).convert("L"), dtype=np.float64) / 255.0
+    mono2 = np.round(gray * 4095)
+    folder = tmp_path / "dicoms"
+    folder.mkdir()
+    _write_dicom(folder / "mono2.dcm", mono2, "MONOCHROME2")
+    _write_dicom(folder / "mono1.dcm", 4095 - mono2, "MONOCHROME1")  # same image, inverted storage
+    result = run_cli("predict", "--checkpoint", tiny_ckpt, folder, "--out", tmp_path / "p.json",
+                     "--precision", "fp32", "--explain", tmp_path / "cams")
+    assert result.exit_code == 0, result.output
+    rows = {Path(r["path"]).name: r for r in json.loads((tmp_path / "p.json").read_text())}
+    assert rows["mono1.dcm"]["label"] == rows["mono2.dcm"]["label"]
+    assert rows["mono1.dcm"]["prob_pneumonia"] == pytest.approx(rows["mono2.dcm"]["prob_pneumonia"], abs=1e-4)
+    # And it is the same answer as for the PNG the DICOMs were made from.
+    png = run_cli("predict", "--checkpoint", tiny_ckpt, test_images[-1], "--out", tmp_path / "png.json",
+                  "--precision", "fp32")
+    assert png.exit_code == 0
+    p_png = json.loads((tmp_path / "png.json").read_text())[0]["prob_pneumonia"]
+    assert rows["mono2.dcm"]["prob_pneumonia"] == pytest.approx(p_png, abs=2e-3)
+    assert (tmp_path / "cams" / "mono1.overlay.png").is_file()
