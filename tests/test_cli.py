@@ -585,3 +585,19 @@ def test_predict_dicom_monochrome1_matches_its_monochrome2_twin(run_cli, tiny_ck
     p_png = json.loads((tmp_path / "png.json").read_text())[0]["prob_pneumonia"]
     assert rows["mono2.dcm"]["prob_pneumonia"] == pytest.approx(p_png, abs=2e-3)
     assert (tmp_path / "cams" / "mono1.overlay.png").is_file()
+
+
+def test_predict_and_evaluate_agree_exactly_on_the_same_files(run_cli, tiny_ckpt, synth_root, tmp_path):
+    result = run_cli("evaluate", "--checkpoint", tiny_ckpt, "--data", synth_root / "test", "--out", tmp_path / "ev",
+                     "--precision", "fp32")
+    assert result.exit_code == 0, result.output
+    with open(tmp_path / "ev" / "predictions.csv", newline="") as fh:
+        evaluated = {r["path"]: float(r["prob_pneumonia"]) for r in csv.DictReader(fh)}
+    result = run_cli("predict", "--checkpoint", tiny_ckpt, synth_root / "test", "--out", tmp_path / "p.csv",
+                     "--precision", "fp32")
+    assert result.exit_code == 0, result.output
+    with open(tmp_path / "p.csv", newline="") as fh:
+        predicted = {r["path"]: float(r["prob_pneumonia"]) for r in csv.DictReader(fh)}
+    assert predicted.keys() == evaluated.keys()
+    for path, p in predicted.items():
+        assert p == pytest.approx(evaluated[path], abs=2e-6), path

@@ -174,9 +174,8 @@ def decode_images(
     """Decode, grey, resize → (N, S, S) uint8. A bad file stops with an error naming it."""
     s = prep.image_size
 
-    def one(p: Path) -> np.ndarray:
-        g = prep.resize(read_image(p)).numpy()
-        return np.round(g * 255.0).astype(np.uint8)
+    def one(p: Path) -> torch.Tensor:
+        return prep.to_uint8(read_image(p))
 
     out = torch.empty((len(paths), s, s), dtype=torch.uint8)
     from tqdm.auto import tqdm
@@ -185,7 +184,7 @@ def decode_images(
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         it = pool.map(one, paths)
         for i, arr in enumerate(tqdm(it, total=len(paths), desc=desc, disable=not progress, unit="img", leave=False)):
-            out[i] = torch.from_numpy(arr)
+            out[i] = arr
     return out
 
 

@@ -51,9 +51,17 @@ class Preprocessing:
         std = torch.tensor(self.std, device=gray.device, dtype=gray.dtype).view(1, 3, 1, 1)
         return (gray.expand(-1, 3, -1, -1) - mean) / std
 
+    def to_uint8(self, gray: np.ndarray) -> torch.Tensor:
+        """(H, W) in [0, 1] → (S, S) uint8: the stored form of every model input.
+
+        Training caches images in this form, so prediction goes through it too: the same file
+        then gets exactly the same probability from ``train``, ``evaluate`` and ``predict``.
+        """
+        return self.resize(gray).mul_(255.0).round_().to(torch.uint8)
+
     def __call__(self, gray: np.ndarray) -> torch.Tensor:
         """One image (H, W) in [0, 1] → (3, S, S) model input."""
-        return self.normalize(self.resize(gray)[None])[0]
+        return self.normalize(self.to_uint8(gray)[None])[0]
 
 
 def random_flip_rotate_zoom(
