@@ -279,7 +279,9 @@ def parse_set_overrides(items: list[str] | None) -> dict[str, Any]:
 
 def dump_config(cfg: Config, path: Path) -> None:
     """Write the resolved configuration as YAML."""
-    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
+    from .fileio import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
 def replace(obj: Any, **changes: Any) -> Any:

@@ -14,14 +14,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-import torch
 
 from .config import load_config
 from .data.dataset import CLASS_NAMES
 from .errors import DataError
 from .evaluation.evaluate import evaluate
 from .explanation.cam import explain
-from .explanation.overlay import hotspot_activation, hotspot_overlay
+from .explanation.overlay import hotspot_activation, hotspot_overlay, resize_map
 from .inference import Predictor
 from .report import GalleryTile, render_gallery, select_gallery, write_report
 from .training import train
@@ -64,9 +63,7 @@ def localisation_scores(cam_maps: list[np.ndarray], masks: list[np.ndarray]) -> 
     hits, mass = [], []
     for raw, mask in zip(cam_maps, masks):
         act = hotspot_activation(raw, mask.shape)
-        up = torch.nn.functional.interpolate(
-            torch.from_numpy(raw.astype(np.float32))[None, None], size=mask.shape, mode="bilinear", align_corners=False
-        )[0, 0].numpy()
+        up = resize_map(raw, mask.shape)
         y, x = np.unravel_index(int(np.argmax(up)), up.shape)
         hits.append(bool(binary_dilation(mask, iterations=2)[y, x]) and up.max() > 0)
         total = float(act.sum())

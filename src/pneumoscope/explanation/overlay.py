@@ -24,7 +24,8 @@ def normalize_p99(raw: np.ndarray) -> np.ndarray:
     return np.clip(raw / ref, 0.0, 1.0)
 
 
-def _resize(m: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+def resize_map(m: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of a map to ``shape`` (float32), as every overlay and score does it."""
     if m.shape == shape:
         return m.astype(np.float32)
     t = torch.from_numpy(np.ascontiguousarray(m, dtype=np.float32))[None, None]
@@ -38,7 +39,7 @@ def _gray3(gray: np.ndarray) -> np.ndarray:
 
 def hotspot_activation(raw: np.ndarray, shape: tuple[int, int], sigma: float = 1.5) -> np.ndarray:
     """The seed's hotspot: p99-normalise, resize, keep the top 5 %, rescale to [0,1], blur."""
-    m = _resize(normalize_p99(raw), shape)
+    m = resize_map(normalize_p99(raw), shape)
     thr = float(np.percentile(m, 95))
     top = float(m.max())
     if top <= thr:
@@ -68,7 +69,7 @@ def heatmap_overlay(gray: np.ndarray, raw: np.ndarray, alpha: float = 0.4) -> np
     from matplotlib import colormaps
 
     base = _gray3(gray)
-    m = _resize(np.asarray(raw, dtype=np.float32), base.shape[:2])
+    m = resize_map(np.asarray(raw, dtype=np.float32), base.shape[:2])
     lo, hi = float(m.min()), float(m.max())
     m = (m - lo) / (hi - lo) if hi > lo else np.zeros_like(m)
     colour = colormaps["jet"](m)[..., :3].astype(np.float32)

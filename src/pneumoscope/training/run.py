@@ -29,6 +29,7 @@ from ..config import Config, dump_config
 from ..data.dataset import CachedDataset, load_splits
 from ..data.transforms import Preprocessing
 from ..errors import ConfigError, DataError
+from ..fileio import atomic_path, atomic_write_text
 from ..models import create_model, get_model_info
 from ..runtime import lightning_precision, resolve_device, resolve_precision
 from .callbacks import ExportBest, MetricsCSV, RestoreBestWeights
@@ -55,7 +56,7 @@ def _class_weights(counts: list[int], mode: str | None) -> list[float] | None:
 
 
 def _write_splits(path: Path, splits: dict[str, list]) -> None:
-    with open(path, "w", newline="", encoding="utf-8") as fh:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
         w.writerow(["path", "label", "patient_id", "split"])
         for name, samples in splits.items():
@@ -234,7 +235,7 @@ def train(
             trainer.fit(module, train_loader, val_loader, ckpt_path=str(ckpt_path) if resume and ckpt_path.is_file() else None)
         run_state["epoch_offset"] += trainer.current_epoch
         run_state["completed"].append(stage.name)
-        progress_file.write_text(json.dumps(run_state, indent=2))
+        atomic_write_text(progress_file, json.dumps(run_state, indent=2))  # --resume reads it
 
     ckpt = out / "best.ckpt"
     if not ckpt.is_file():
@@ -256,5 +257,5 @@ def train(
         "epochs_run": run_state["epoch_offset"],
         "seconds": round(seconds, 1),
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
     return TrainResult(out, ckpt, run_state["best_val_loss"], run_state["best_epoch"], seconds, summary)
