@@ -108,6 +108,80 @@ def test_augmentation_keeps_shape_and_identity_when_disabled():
     assert aug.shape == x.shape and not torch.allclose(aug, x)
 
 
+def test_translation_shifts_content_by_the_configured_fraction():
+    import torch
+
+    from pneumoscope.config import AugmentConfig
+
+    x = torch.zeros(1, 1, 20, 20)
+    x[0, 0, 10, 10] = 1.0
+    cfg = AugmentConfig(hflip=False, rotation_deg=0.0, zoom=0.0, translate=0.25, padding_mode="zeros")
+    out = random_flip_rotate_zoom(x, cfg, generator=torch.Generator().manual_seed(3))
+    row, col = divmod(int(out[0, 0].argmax()), 20)
+    shift = max(abs(row - 10), abs(col - 10))
+    assert 0 < shift <= 5  # at most 25 % of 20 px, and it did move
+
+
+def test_log_zoom_range_is_symmetric_in_scale():
+    import torch
+
+    from pneumoscope.config import AugmentConfig
+    from pneumoscope.data.transforms import random_flip_rotate_zoom as geo
+
+    # A centred bright square: its area after zoom tells the scale (area ∝ scale²).
+    x = torch.zeros(64, 1, 64, 64)
+    x[:, :, 24:40, 24:40] = 1.0
+    cfg = AugmentConfig(hflip=False, rotation_deg=0.0, zoom=1.0, zoom_log=True, padding_mode="zeros")
+    out = geo(x, cfg, generator=torch.Generator().manual_seed(0))
+    scale = (out.sum(dim=(1, 2, 3)) / 256.0).sqrt()
+    assert scale.min() >= 0.5 - 0.05 and scale.max() <= 2.0 + 0.05
+    assert scale.min() < 0.8 and scale.max() > 1.25  # both directions are drawn
+
+
+def test_intensity_augmentation_is_off_by_default_and_bounded_when_on():
+    import torch
+
+    from pneumoscope.config import AugmentConfig
+    from pneumoscope.data.transforms import augment_batch, random_intensity
+
+    x = torch.rand(8, 1, 24, 24)
+    torch.testing.assert_close(random_intensity(x, AugmentConfig()), x)
+    cfg = AugmentConfig(gamma=0.5, contrast=0.3, brightness=0.1, sharpness=1.0, noise=0.03)
+    g = torch.Generator().manual_seed(1)
+    out = random_intensity(x, cfg, generator=g)
+    assert out.shape == x.shape and out.min() >= 0 and out.max() <= 1
+    assert not torch.allclose(out, x)
+    # Each image draws its own parameters: the per-image change in mean differs.
+    delta = (out - x).mean(dim=(1, 2, 3))
+    assert delta.std() > 1e-3
+    # Seeded generators make it reproducible, geometric and photometric together.
+    a = augment_batch(x, cfg, generator=torch.Generator().manual_seed(5))
+    b = augment_batch(x, cfg, generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(a, b)
+
+
+def test_gamma_brightens_or_darkens_monotonically():
+    import torch
+
+    from pneumoscope.config import AugmentConfig
+    from pneumoscope.data.transforms import random_intensity
+
+    x = torch.linspace(0.01, 1, 100).view(1, 1, 10, 10).repeat(16, 1, 1, 1)
+    out = random_intensity(x, AugmentConfig(gamma=1.0), generator=torch.Generator().manual_seed(0))
+    flat = out.flatten(1)
+    assert bool((flat[:, 1:] >= flat[:, :-1] - 1e-6).all())  # order of grey levels is kept
+
+
+def test_bad_augment_settings_are_config_errors():
+    from pneumoscope.config import load_config
+    from pneumoscope.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="padding_mode"):
+        load_config("demo", {"data.augment.padding_mode": "wrap"})
+    with pytest.raises(ConfigError, match="gamma"):
+        load_config("demo", {"data.augment.gamma": -1})
+
+
 def test_preprocessing_contract():
     prep = Preprocessing(32)
     t = prep(np.ones((50, 70), dtype=np.float32))

@@ -45,7 +45,7 @@ def test_unknown_layer_lists_valid_names():
     assert "block1_conv1" in str(err.value) and "block3_conv1" in str(err.value)
 
 
-@pytest.mark.parametrize("name", ["vgg_tiny", "vgg_small", "resnet18"])
+@pytest.mark.parametrize("name", pneumoscope.list_models())
 def test_every_model_runs_at_its_minimum_and_has_its_cam_layer(name):
     info = get_model_info(name)
     m = pneumoscope.create_model(name).eval()
@@ -83,3 +83,48 @@ def test_local_weights_file_roundtrip_and_mismatch(tmp_path):
         pneumoscope.create_model("vgg_small", weights=str(path))
     with pytest.raises(WeightsUnavailableError, match="not found"):
         pneumoscope.create_model("vgg_tiny", weights=str(tmp_path / "missing.pth"))
+
+
+@pytest.mark.parametrize(
+    "name,tv_name,module",
+    [
+        ("densenet121", "densenet121", "families"),
+        ("efficientnet_b0", "efficientnet_b0", "families"),
+        ("convnext_tiny", "convnext_tiny", "families"),
+        ("resnet34", "resnet34", "resnet"),
+        ("resnet50", "resnet50", "resnet"),
+    ],
+)
+def test_torchvision_layouts_load_imagenet_weights_key_for_key(monkeypatch, name, tv_name, module):
+    """Stand torchvision's own (randomly initialised) state dict in for the ImageNet download."""
+    import importlib
+
+    import torchvision
+
+    tv = getattr(torchvision.models, tv_name)(weights=None)
+    state = tv.state_dict()
+    if name == "densenet121":  # the published file uses the old "norm.1" key style
+        state = {k.replace("norm1", "norm.1").replace("conv2", "conv.2") if "denselayer" in k else k: v for k, v in state.items()}
+    mod = importlib.import_module(f"pneumoscope.models.{module}")
+    monkeypatch.setattr(mod, "torchvision_state_dict", lambda *_a, **_k: state)
+    m = pneumoscope.create_model(name, weights="imagenet").eval()
+    tv_features = dict(tv.named_parameters())
+    ours = dict(m.named_parameters())
+    matched = 0
+    for k, v in tv_features.items():
+        if k.startswith("features."):
+            assert torch.equal(ours[k], v), k
+            matched += 1
+        elif k.startswith("layer") or k.startswith(("conv1", "bn1")):  # ResNet stages live in features.N
+            matched += 1
+    assert matched > 10
+    info = get_model_info(name)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert m(x).shape == (1, 2)
+    layer = pneumoscope.resolve_layer(m, info.default_layer)
+    assert isinstance(layer, torch.nn.Module)
+    m.set_trainable(info.finetune_from)
+    trainable = {n for n, p in m.named_parameters() if p.requires_grad}
+    assert any(n.startswith("head.") for n in trainable)
+    assert 0 < len(trainable) < len(list(m.parameters()))

@@ -23,12 +23,25 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 @dataclass
 class AugmentConfig:
-    """Training-time augmentation (the seed's three: flip, rotation, zoom)."""
+    """Training-time augmentation, applied to whole batches on the model's device.
+
+    The first four are the seed's (flip, rotation, zoom, fill mode). The rest default to off and
+    model how radiographs from another site differ: position (``translate``), exposure and
+    detector response (``gamma``, ``contrast``, ``brightness``), focus and processing
+    (``sharpness``: negative blurs, positive sharpens) and quantum noise (``noise``).
+    """
 
     hflip: bool = True
     rotation_deg: float = 18.0  # Keras RandomRotation(0.05) = 0.05 of a full turn
-    zoom: float = 0.1  # Keras RandomZoom(0.1): scale in [0.9, 1.1]
-    padding_mode: str = "reflection"  # Keras' default fill_mode is "reflect"
+    zoom: float = 0.1  # scale in [1 - zoom, 1 + zoom] (Keras RandomZoom(0.1)); see zoom_log
+    zoom_log: bool = False  # true: scale log-uniform in [1/(1 + zoom), 1 + zoom]
+    translate: float = 0.0  # shift up to this fraction of the image size, per axis
+    padding_mode: str = "reflection"  # Keras' default fill_mode is "reflect"; zeros | border
+    gamma: float = 0.0  # gamma log-uniform in [1/(1 + gamma), 1 + gamma]
+    contrast: float = 0.0  # contrast factor in [1 - contrast, 1 + contrast] about the image mean
+    brightness: float = 0.0  # additive shift in [-brightness, brightness] (intensities in [0, 1])
+    sharpness: float = 0.0  # unsharp-mask weight in [-sharpness, sharpness]
+    noise: float = 0.0  # Gaussian noise, std drawn uniformly in [0, noise]
 
 
 @dataclass
@@ -125,6 +138,14 @@ class Config:
             raise ConfigError("train.class_weights must be 'balanced' or 'none'")
         if not 0.0 < self.train.threshold < 1.0:
             raise ConfigError("train.threshold must be in (0, 1)")
+        aug = self.data.augment
+        if aug.padding_mode not in ("reflection", "zeros", "border"):
+            raise ConfigError(f"data.augment.padding_mode must be reflection, zeros or border, not {aug.padding_mode!r}")
+        for key in ("rotation_deg", "zoom", "translate", "gamma", "contrast", "brightness", "sharpness", "noise"):
+            if getattr(aug, key) < 0:
+                raise ConfigError(f"data.augment.{key} must be >= 0, not {getattr(aug, key)}")
+        if aug.zoom >= 1.0 and not aug.zoom_log:
+            raise ConfigError("data.augment.zoom must be < 1 (scale 1 ± zoom), or set zoom_log: true")
         if not self.train.stages:
             raise ConfigError("train.stages must list at least one stage")
         for st in self.train.stages:

@@ -64,26 +64,79 @@ class Preprocessing:
         return self.normalize(self.to_uint8(gray)[None])[0]
 
 
+def _uniform(n: int, generator: torch.Generator | None) -> torch.Tensor:
+    # Drawn on the CPU so a seeded generator gives the same augmentation on every device.
+    return torch.rand(n, generator=generator, device="cpu")
+
+
 def random_flip_rotate_zoom(
     x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator | None = None
 ) -> torch.Tensor:
-    """Apply the seed's augmentation to a batch (N, C, H, W) with one ``grid_sample``.
+    """The geometric part of the augmentation on a batch (N, C, H, W), as one ``grid_sample``.
 
-    Each image gets its own horizontal flip (p = 0.5), rotation in ±``rotation_deg`` and zoom
-    in [1 - zoom, 1 + zoom]. Doing it batched on the model's device keeps the 2-core CPU free
-    and costs nothing on a GPU.
+    Each image gets its own horizontal flip (p = 0.5), rotation in ±``rotation_deg``, zoom
+    (``zoom``, ``zoom_log``) and shift (``translate``). Doing it batched on the model's device
+    keeps the 2-core CPU free and costs nothing on a GPU.
     """
     n = x.shape[0]
     dev = x.device
-    u = torch.rand(n, 3, generator=generator, device="cpu").to(dev)
-    angle = (u[:, 0] * 2 - 1) * math.radians(cfg.rotation_deg)
-    scale = 1.0 + (u[:, 1] * 2 - 1) * cfg.zoom  # >1 zooms in
-    flip = torch.where((u[:, 2] < 0.5) & torch.tensor(cfg.hflip, device=dev), -1.0, 1.0)
+    u = [_uniform(n, generator) for _ in range(5)]
+    angle = (u[0] * 2 - 1) * math.radians(cfg.rotation_deg)
+    if cfg.zoom_log:
+        scale = torch.exp((u[1] * 2 - 1) * math.log1p(cfg.zoom))  # >1 zooms in
+    else:
+        scale = 1.0 + (u[1] * 2 - 1) * cfg.zoom
+    flip = torch.where((u[2] < 0.5) & torch.tensor(cfg.hflip), -1.0, 1.0)
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-    theta = torch.zeros(n, 2, 3, device=dev, dtype=x.dtype)
+    theta = torch.zeros(n, 2, 3)
     theta[:, 0, 0] = cos * flip
     theta[:, 0, 1] = -sin
     theta[:, 1, 0] = sin * flip
     theta[:, 1, 1] = cos
+    # affine_grid works in [-1, 1] coordinates: a shift of 2 * f is a fraction f of the image.
+    theta[:, 0, 2] = (u[3] * 2 - 1) * 2 * cfg.translate
+    theta[:, 1, 2] = (u[4] * 2 - 1) * 2 * cfg.translate
+    theta = theta.to(device=dev, dtype=x.dtype)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode=cfg.padding_mode, align_corners=False)
+
+
+_BINOMIAL5 = (1.0, 4.0, 6.0, 4.0, 1.0)
+
+
+def random_intensity(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The photometric part on a batch (N, C, H, W) in [0, 1]; returns values in [0, 1].
+
+    In order: gamma (exposure curve), contrast about each image's mean and brightness (detector
+    and windowing), unsharp masking or blur (``sharpness``), and Gaussian noise. Each image
+    draws its own parameters; a zero setting skips its step entirely.
+    """
+    n = x.shape[0]
+    dev, dt = x.device, x.dtype
+
+    def draw(width: float) -> torch.Tensor:  # uniform in [-width, width], shape (N, 1, 1, 1)
+        return ((_uniform(n, generator) * 2 - 1) * width).view(n, 1, 1, 1).to(device=dev, dtype=dt)
+
+    if cfg.gamma > 0:
+        gamma = torch.exp(draw(math.log1p(cfg.gamma)))
+        x = x.clamp(min=1e-4) ** gamma
+    if cfg.contrast > 0 or cfg.brightness > 0:
+        mean = x.mean(dim=(2, 3), keepdim=True)
+        x = (x - mean) * (1 + draw(cfg.contrast)) + mean + draw(cfg.brightness)
+        x = x.clamp(0.0, 1.0)
+    if cfg.sharpness > 0:
+        k1 = torch.tensor(_BINOMIAL5, device=dev, dtype=dt)
+        k = (k1[:, None] * k1[None, :]) / k1.sum() ** 2
+        c = x.shape[1]
+        blurred = F.conv2d(F.pad(x, (2, 2, 2, 2), mode="replicate"), k.expand(c, 1, 5, 5), groups=c)
+        x = (x + draw(cfg.sharpness) * (x - blurred)).clamp(0.0, 1.0)
+    if cfg.noise > 0:
+        std = ((_uniform(n, generator) * cfg.noise).view(n, 1, 1, 1)).to(device=dev, dtype=dt)
+        noise = torch.randn(x.shape, generator=generator, device="cpu").to(device=dev, dtype=dt)
+        x = (x + noise * std).clamp(0.0, 1.0)
+    return x
+
+
+def augment_batch(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Geometric then photometric augmentation of a batch (N, C, H, W) in [0, 1]."""
+    return random_intensity(random_flip_rotate_zoom(x, cfg, generator), cfg, generator)

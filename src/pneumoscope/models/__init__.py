@@ -1,6 +1,7 @@
 """Model registry: backbones with the seed head, Keras-style layer names, Grad-CAM layers."""
 
 # Importing the families registers them.
+from . import families as _families  # noqa: F401
 from . import resnet as _resnet  # noqa: F401
 from . import vgg as _vgg  # noqa: F401
 from .base import Classifier, resolve_layer

@@ -88,9 +88,10 @@ class Classifier(nn.Module):
         else:
             path = self.module_path(trainable_from)
             parts = path.split(".")
-            if parts[0] != "features" or len(parts) < 2:
+            child_names = [n for n, _ in self.features.named_children()]
+            if parts[0] != "features" or len(parts) < 2 or parts[1] not in child_names:
                 raise ConfigError(f"trainable_from {trainable_from!r} is not inside the backbone")
-            start = int(parts[1])
+            start = child_names.index(parts[1])
             # Friendly VGG names point at the ReLU after a conv; the conv itself (and its
             # batch norm) must train too, so step back to the conv that opens the unit.
             while (

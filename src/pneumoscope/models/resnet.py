@@ -36,6 +36,44 @@ def resnet18(weights: str | None = None, num_classes: int = 2) -> Classifier:
     return model
 
 
+@register_model(
+    "resnet34",
+    min_input_size=32,
+    default_layer="layer4",
+    finetune_from="layer4",
+    pretrained=("imagenet",),
+    description="ResNet-34 + the seed head; 21.3 M parameters",
+)
+def resnet34(weights: str | None = None, num_classes: int = 2) -> Classifier:
+    from torchvision.models import ResNet34_Weights
+    from torchvision.models import resnet34 as tv_resnet34
+
+    model = _resnet_classifier(tv_resnet34(weights=None), num_classes)
+    if weights is not None:
+        state = lambda: _remap(torchvision_state_dict(ResNet34_Weights.IMAGENET1K_V1, "resnet34"))  # noqa: E731
+        load_backbone_weights(model, weights, "resnet34", state)
+    return model
+
+
+@register_model(
+    "resnet50",
+    min_input_size=32,
+    default_layer="layer4",
+    finetune_from="layer4",
+    pretrained=("imagenet",),
+    description="ResNet-50 + the seed head; 23.8 M parameters",
+)
+def resnet50(weights: str | None = None, num_classes: int = 2) -> Classifier:
+    from torchvision.models import ResNet50_Weights
+    from torchvision.models import resnet50 as tv_resnet50
+
+    model = _resnet_classifier(tv_resnet50(weights=None), num_classes)
+    if weights is not None:
+        state = lambda: _remap(torchvision_state_dict(ResNet50_Weights.IMAGENET1K_V2, "resnet50"))  # noqa: E731
+        load_backbone_weights(model, weights, "resnet50", state)
+    return model
+
+
 def _remap(state: dict) -> dict:
     """torchvision ResNet keys (``layer1.0.conv1.weight``) → our ``features.4.0.conv1.weight``."""
     index = {n: i for i, n in enumerate(_STAGES)}

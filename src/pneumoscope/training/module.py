@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import AugmentConfig, StageConfig
-from ..data.transforms import Preprocessing, random_flip_rotate_zoom
+from ..data.transforms import Preprocessing, augment_batch
 
 
 class ClassifierModule(L.LightningModule):
@@ -56,7 +56,7 @@ class ClassifierModule(L.LightningModule):
     def _inputs(self, x: torch.Tensor, train: bool) -> torch.Tensor:
         x = x.float().div_(255.0)
         if train and self.augment is not None:
-            x = random_flip_rotate_zoom(x, self.augment)
+            x = augment_batch(x, self.augment)
         x = self.prep.normalize(x)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
