@@ -114,3 +114,29 @@ def test_resume_refuses_a_changed_configuration(tmp_path, synth_root):
     changed = load_config(None, {**TINY, "train.batch_size": 8})
     with pytest.raises(ConfigError, match="train.batch_size was 16, now 8"):
         train(changed, synth_root, out, resume=True, progress=False)
+
+
+def test_onecycle_adamw_stage_warms_up_then_anneals(tmp_path, synth_root):
+    cfg = load_config(None, {
+        **TINY,
+        "data.augment.gamma": 0.3, "data.augment.noise": 0.02, "data.augment.translate": 0.05,
+        "train.stages": [{
+            "name": "scratch", "epochs": 3, "lr": 2e-3, "trainable_from": "all", "optimizer": "adamw",
+            "weight_decay": 0.01, "schedule": "onecycle", "warmup_fraction": 0.3, "early_stopping_patience": 10,
+        }],
+    })
+    out = tmp_path / "run"
+    train(cfg, synth_root, out, progress=False)
+    with open(out / "metrics.csv") as fh:
+        lrs = [float(r["lr"]) for r in csv.DictReader(fh)]
+    # Per-batch one-cycle: the LR after epoch 1 is near the peak, and it ends far below it.
+    assert len(lrs) == 3 and lrs[0] > lrs[2] and lrs[2] < 2e-3 * 0.2 and max(lrs) <= 2e-3 + 1e-9
+
+
+def test_unknown_schedule_or_optimizer_is_a_config_error():
+    from pneumoscope.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="schedule"):
+        load_config(None, {**TINY, "train.stages": [{"name": "s", "schedule": "linear"}]})
+    with pytest.raises(ConfigError, match="optimizer"):
+        load_config(None, {**TINY, "train.stages": [{"name": "s", "optimizer": "sgd"}]})

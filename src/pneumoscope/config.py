@@ -76,6 +76,11 @@ class StageConfig:
     trainable_from: str | None = None
     grad_clip_norm: float | None = None
     weight_decay: float = 0.0
+    optimizer: str = "adam"  # adam (L2 as Keras/torch Adam add it) | adamw (decoupled decay)
+    # plateau: x plateau_factor when val_loss stalls (the seed's); onecycle: warm up for
+    # warmup_fraction of the stage's steps, then cosine-anneal to ~0, per batch.
+    schedule: str = "plateau"
+    warmup_fraction: float = 0.15
     early_stopping_patience: int = 5
     plateau_patience: int = 2
     plateau_factor: float = 0.5
@@ -151,6 +156,12 @@ class Config:
         for st in self.train.stages:
             if st.epochs < 0 or st.lr <= 0:
                 raise ConfigError(f"stage {st.name!r}: epochs must be >= 0 and lr > 0")
+            if st.optimizer not in ("adam", "adamw"):
+                raise ConfigError(f"stage {st.name!r}: optimizer must be adam or adamw, not {st.optimizer!r}")
+            if st.schedule not in ("plateau", "onecycle"):
+                raise ConfigError(f"stage {st.name!r}: schedule must be plateau or onecycle, not {st.schedule!r}")
+            if not 0.0 < st.warmup_fraction < 1.0:
+                raise ConfigError(f"stage {st.name!r}: warmup_fraction must be in (0, 1)")
         return self
 
 

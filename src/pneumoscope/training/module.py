@@ -104,11 +104,18 @@ class ClassifierModule(L.LightningModule):
         self.log("val_auc", _auc(labels, probs), prog_bar=True)
 
     def configure_optimizers(self):  # type: ignore[no-untyped-def]
+        st = self.stage
         params = [p for p in self.model.parameters() if p.requires_grad]
-        opt = torch.optim.Adam(params, lr=self.stage.lr, weight_decay=self.stage.weight_decay)
+        opt_cls = torch.optim.AdamW if st.optimizer == "adamw" else torch.optim.Adam
+        opt = opt_cls(params, lr=st.lr, weight_decay=st.weight_decay)
+        if st.schedule == "onecycle":
+            total = max(1, int(self.trainer.estimated_stepping_batches))
+            sched = torch.optim.lr_scheduler.OneCycleLR(
+                opt, max_lr=st.lr, total_steps=total, pct_start=st.warmup_fraction, anneal_strategy="cos"
+            )
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
         sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            opt, mode="min", factor=self.stage.plateau_factor, patience=self.stage.plateau_patience,
-            min_lr=self.stage.min_lr,
+            opt, mode="min", factor=st.plateau_factor, patience=st.plateau_patience, min_lr=st.min_lr,
         )
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": "val_loss", "interval": "epoch"}}
 
