@@ -204,3 +204,35 @@ def test_real_train_split_is_patient_level_and_keeps_duplicates_together():
     frac_pneu = sum(x.label for x in s.val) / len(s.val)
     assert 0.65 < frac_pneu < 0.85 and 0.07 < len(s.val) / 5216 < 0.13
     assert len(s.test) == 118 + 196
+
+
+def test_histogram_equalisation_spreads_a_dim_image_and_is_stored_with_the_checkpoint_contract():
+    import torch
+
+    from pneumoscope.data.transforms import equalize_histogram
+
+    dim = torch.randint(40, 80, (64, 64), dtype=torch.uint8)
+    eq = equalize_histogram(dim)
+    assert eq.min() == 0 and eq.max() == 255
+    # Monotone: a brighter input pixel is never darker after equalisation.
+    order = dim.flatten().argsort()
+    assert bool((eq.flatten()[order].diff().to(torch.int16) >= 0).all())
+    # Roughly flat: each quarter of the grey range holds about a quarter of the pixels.
+    quarters = torch.bincount(eq.flatten().long() // 64, minlength=4).float() / eq.numel()
+    assert float((quarters - 0.25).abs().max()) < 0.06
+    const = torch.full((8, 8), 7, dtype=torch.uint8)
+    assert torch.equal(equalize_histogram(const), const)
+    # Two exposures of the same anatomy become (nearly) the same model input.
+    prep = Preprocessing(32, intensity="equalize")
+    base = np.linspace(0.1, 0.9, 40 * 40, dtype=np.float32).reshape(40, 40)
+    a, b = prep.to_uint8(base * 0.5), prep.to_uint8(base ** 0.7)
+    assert float((a.float() - b.float()).abs().mean()) < 3.0
+    assert Preprocessing.from_dict(prep.to_dict()) == prep
+    assert Preprocessing.from_dict({"image_size": 32, "mean": [0.5] * 3, "std": [0.2] * 3}).intensity == "none"
+
+
+def test_unknown_intensity_mode_is_a_config_error():
+    from pneumoscope.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="intensity"):
+        Preprocessing(32, intensity="clahe2")

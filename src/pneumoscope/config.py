@@ -53,6 +53,7 @@ class DataConfig:
     val_fraction: float = 0.1
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    intensity: str = "none"  # none | equalize (per-image histogram equalisation; see Preprocessing)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
@@ -143,6 +144,8 @@ class Config:
             raise ConfigError("train.class_weights must be 'balanced' or 'none'")
         if not 0.0 < self.train.threshold < 1.0:
             raise ConfigError("train.threshold must be in (0, 1)")
+        if self.data.intensity not in ("none", "equalize"):
+            raise ConfigError(f"data.intensity must be none or equalize, not {self.data.intensity!r}")
         aug = self.data.augment
         if aug.padding_mode not in ("reflection", "zeros", "border"):
             raise ConfigError(f"data.augment.padding_mode must be reflection, zeros or border, not {aug.padding_mode!r}")

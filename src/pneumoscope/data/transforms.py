@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import IMAGENET_MEAN, IMAGENET_STD, AugmentConfig
+from ..errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -17,12 +18,21 @@ class Preprocessing:
     """The preprocessing contract stored in every checkpoint.
 
     A greyscale radiograph in [0, 1] is resized (bilinear, antialiased) to
-    ``image_size`` x ``image_size``, copied to three channels and normalised with ``mean``/``std``.
+    ``image_size`` x ``image_size`` and quantised to 8 bits; ``intensity`` then optionally
+    standardises its grey levels (``equalize``: histogram equalisation, so every image uses
+    the full range with a flat histogram whatever the exposure, detector or windowing of the
+    site that made it); finally it is copied to three channels and normalised with
+    ``mean``/``std``.
     """
 
     image_size: int = 256
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    intensity: str = "none"  # none | equalize
+
+    def __post_init__(self) -> None:
+        if self.intensity not in INTENSITY_MODES:
+            raise ConfigError(f"intensity must be one of {', '.join(INTENSITY_MODES)}, not {self.intensity!r}")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -31,7 +41,8 @@ class Preprocessing:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Preprocessing":
-        return cls(int(d["image_size"]), tuple(d["mean"]), tuple(d["std"]))  # type: ignore[arg-type]
+        # Checkpoints written before ``intensity`` existed used none.
+        return cls(int(d["image_size"]), tuple(d["mean"]), tuple(d["std"]), str(d.get("intensity", "none")))  # type: ignore[arg-type]
 
     def resize(self, gray: np.ndarray) -> torch.Tensor:
         """(H, W) float in [0,1] → (S, S) float32 tensor."""
@@ -57,11 +68,34 @@ class Preprocessing:
         Training caches images in this form, so prediction goes through it too: the same file
         then gets exactly the same probability from ``train``, ``evaluate`` and ``predict``.
         """
-        return self.resize(gray).mul_(255.0).round_().to(torch.uint8)
+        img = self.resize(gray).mul_(255.0).round_().to(torch.uint8)
+        if self.intensity == "equalize":
+            img = equalize_histogram(img)
+        return img
 
     def __call__(self, gray: np.ndarray) -> torch.Tensor:
         """One image (H, W) in [0, 1] → (3, S, S) model input."""
         return self.normalize(self.to_uint8(gray)[None])[0]
+
+
+INTENSITY_MODES = ("none", "equalize")
+
+
+def equalize_histogram(img: torch.Tensor) -> torch.Tensor:
+    """Histogram-equalise one uint8 image (any shape): grey levels mapped through their CDF.
+
+    The darkest level present maps to 0 and the brightest to 255; a constant image is
+    returned unchanged (there is no contrast to spread).
+    """
+    flat = img.reshape(-1).long()
+    hist = torch.bincount(flat, minlength=256)
+    cdf = hist.cumsum(0)
+    lo = cdf[hist.nonzero()[0, 0]]
+    span = cdf[-1] - lo
+    if span <= 0:
+        return img.clone()
+    lut = ((cdf - lo).clamp(min=0).double() * 255.0 / span.double()).round().to(torch.uint8)
+    return lut[flat].reshape(img.shape)
 
 
 def _uniform(n: int, generator: torch.Generator | None) -> torch.Tensor:

@@ -157,7 +157,7 @@ def train(
     # Build the model before touching data, so a weights problem fails at once.
     model = create_model(cfg.model.backbone, weights=cfg.model.weights, num_classes=len(CLASS_NAMES))
     model.module_path(cam_layer)  # unknown layer names fail now, not after training
-    prep = Preprocessing(cfg.data.image_size, tuple(cfg.data.mean), tuple(cfg.data.std))  # type: ignore[arg-type]
+    prep = Preprocessing(cfg.data.image_size, tuple(cfg.data.mean), tuple(cfg.data.std), cfg.data.intensity)  # type: ignore[arg-type]
 
     splits = load_splits(data, cfg.data.val_source, cfg.data.val_fraction, cfg.train.seed)
     train_ds = CachedDataset(splits.train, prep, progress, desc="decoding train")
