@@ -122,7 +122,7 @@ def test_translation_shifts_content_by_the_configured_fraction():
     assert 0 < shift <= 5  # at most 25 % of 20 px, and it did move
 
 
-def test_log_zoom_range_is_symmetric_in_scale():
+def test_zoom_range_draws_scales_inside_it_and_random_crop_moves_the_view():
     import torch
 
     from pneumoscope.config import AugmentConfig
@@ -131,11 +131,24 @@ def test_log_zoom_range_is_symmetric_in_scale():
     # A centred bright square: its area after zoom tells the scale (area ∝ scale²).
     x = torch.zeros(64, 1, 64, 64)
     x[:, :, 24:40, 24:40] = 1.0
-    cfg = AugmentConfig(hflip=False, rotation_deg=0.0, zoom=1.0, zoom_log=True, padding_mode="zeros")
+    cfg = AugmentConfig(hflip=False, rotation_deg=0.0, zoom=0.0, zoom_range=(0.5, 2.0), padding_mode="zeros")
     out = geo(x, cfg, generator=torch.Generator().manual_seed(0))
     scale = (out.sum(dim=(1, 2, 3)) / 256.0).sqrt()
     assert scale.min() >= 0.5 - 0.05 and scale.max() <= 2.0 + 0.05
     assert scale.min() < 0.8 and scale.max() > 1.25  # both directions are drawn
+    # Without random_crop a zoom-in stays centred; with it the square's centre moves.
+    def centres(img):
+        ys, xs = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")
+        m = img[:, 0].sum(dim=(1, 2)).clamp(min=1e-6)
+        return (img[:, 0] * xs).sum(dim=(1, 2)) / m, (img[:, 0] * ys).sum(dim=(1, 2)) / m
+
+    zoom_in = AugmentConfig(hflip=False, rotation_deg=0.0, zoom=0.0, zoom_range=(1.5, 1.5), padding_mode="zeros")
+    cx, _ = centres(geo(x, zoom_in, generator=torch.Generator().manual_seed(1)))
+    assert float((cx - 31.5).abs().max()) < 0.5
+    crop = AugmentConfig(hflip=False, rotation_deg=0.0, zoom=0.0, zoom_range=(1.5, 1.5), random_crop=True,
+                         padding_mode="zeros")
+    cx, _ = centres(geo(x, crop, generator=torch.Generator().manual_seed(1)))
+    assert float((cx - 31.5).abs().max()) > 3.0
 
 
 def test_intensity_augmentation_is_off_by_default_and_bounded_when_on():
@@ -180,6 +193,8 @@ def test_bad_augment_settings_are_config_errors():
         load_config("demo", {"data.augment.padding_mode": "wrap"})
     with pytest.raises(ConfigError, match="gamma"):
         load_config("demo", {"data.augment.gamma": -1})
+    with pytest.raises(ConfigError, match="zoom_range"):
+        load_config("demo", {"data.augment.zoom_range": [2.0, 1.0]})
 
 
 def test_preprocessing_contract():

@@ -33,8 +33,11 @@ class AugmentConfig:
 
     hflip: bool = True
     rotation_deg: float = 18.0  # Keras RandomRotation(0.05) = 0.05 of a full turn
-    zoom: float = 0.1  # scale in [1 - zoom, 1 + zoom] (Keras RandomZoom(0.1)); see zoom_log
-    zoom_log: bool = False  # true: scale log-uniform in [1/(1 + zoom), 1 + zoom]
+    zoom: float = 0.1  # scale in [1 - zoom, 1 + zoom] (Keras RandomZoom(0.1)), about the centre
+    # [lo, hi]: scale log-uniform in [lo, hi] instead of ``zoom`` (> 1 zooms in); [0, 0] = off
+    zoom_range: tuple[float, float] = (0.0, 0.0)
+    aspect: float = 0.0  # stretch x against y by a factor log-uniform in [1/(1 + aspect), 1 + aspect]
+    random_crop: bool = False  # a zoomed-in view may come from anywhere in the image, not just its centre
     translate: float = 0.0  # shift up to this fraction of the image size, per axis
     padding_mode: str = "reflection"  # Keras' default fill_mode is "reflect"; zeros | border
     gamma: float = 0.0  # gamma log-uniform in [1/(1 + gamma), 1 + gamma]
@@ -149,11 +152,14 @@ class Config:
         aug = self.data.augment
         if aug.padding_mode not in ("reflection", "zeros", "border"):
             raise ConfigError(f"data.augment.padding_mode must be reflection, zeros or border, not {aug.padding_mode!r}")
-        for key in ("rotation_deg", "zoom", "translate", "gamma", "contrast", "brightness", "sharpness", "noise"):
+        for key in ("rotation_deg", "zoom", "aspect", "translate", "gamma", "contrast", "brightness", "sharpness", "noise"):
             if getattr(aug, key) < 0:
                 raise ConfigError(f"data.augment.{key} must be >= 0, not {getattr(aug, key)}")
-        if aug.zoom >= 1.0 and not aug.zoom_log:
-            raise ConfigError("data.augment.zoom must be < 1 (scale 1 ± zoom), or set zoom_log: true")
+        if not aug.zoom < 1.0:
+            raise ConfigError(f"data.augment.zoom must be < 1 (scale 1 ± zoom), not {aug.zoom}; use zoom_range for more")
+        lo, hi = aug.zoom_range
+        if (lo, hi) != (0.0, 0.0) and not 0.0 < lo <= hi:
+            raise ConfigError(f"data.augment.zoom_range must be [lo, hi] with 0 < lo <= hi (or [0, 0] for off), not {[lo, hi]}")
         if not self.train.stages:
             raise ConfigError("train.stages must list at least one stage")
         for st in self.train.stages:

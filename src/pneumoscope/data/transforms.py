@@ -109,27 +109,35 @@ def random_flip_rotate_zoom(
     """The geometric part of the augmentation on a batch (N, C, H, W), as one ``grid_sample``.
 
     Each image gets its own horizontal flip (p = 0.5), rotation in ±``rotation_deg``, zoom
-    (``zoom``, ``zoom_log``) and shift (``translate``). Doing it batched on the model's device
-    keeps the 2-core CPU free and costs nothing on a GPU.
+    (``zoom`` about the centre, or log-uniform in ``zoom_range``), aspect stretch
+    (``aspect``), crop position (``random_crop``: a zoomed-in view from anywhere in the image)
+    and shift (``translate``). Batched on the model's device, it keeps the 2-core CPU free and
+    costs nothing on a GPU.
     """
     n = x.shape[0]
     dev = x.device
-    u = [_uniform(n, generator) for _ in range(5)]
+    u = [_uniform(n, generator) for _ in range(6)]
     angle = (u[0] * 2 - 1) * math.radians(cfg.rotation_deg)
-    if cfg.zoom_log:
-        scale = torch.exp((u[1] * 2 - 1) * math.log1p(cfg.zoom))  # >1 zooms in
+    lo, hi = cfg.zoom_range
+    if (lo, hi) != (0.0, 0.0):
+        scale = torch.exp(math.log(lo) + u[1] * (math.log(hi) - math.log(lo)))  # >1 zooms in
     else:
         scale = 1.0 + (u[1] * 2 - 1) * cfg.zoom
+    stretch = torch.exp((u[5] * 2 - 1) * math.log1p(cfg.aspect)).sqrt()
+    sx, sy = scale * stretch, scale / stretch
     flip = torch.where((u[2] < 0.5) & torch.tensor(cfg.hflip), -1.0, 1.0)
-    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    cos, sin = torch.cos(angle), torch.sin(angle)
     theta = torch.zeros(n, 2, 3)
-    theta[:, 0, 0] = cos * flip
-    theta[:, 0, 1] = -sin
-    theta[:, 1, 0] = sin * flip
-    theta[:, 1, 1] = cos
+    theta[:, 0, 0] = cos / sx * flip
+    theta[:, 0, 1] = -sin / sy
+    theta[:, 1, 0] = sin / sx * flip
+    theta[:, 1, 1] = cos / sy
     # affine_grid works in [-1, 1] coordinates: a shift of 2 * f is a fraction f of the image.
-    theta[:, 0, 2] = (u[3] * 2 - 1) * 2 * cfg.translate
-    theta[:, 1, 2] = (u[4] * 2 - 1) * 2 * cfg.translate
+    # A view zoomed in by s spans 2 / s of that range, so it can move 1 - 1/s and stay inside.
+    room_x = 2 * cfg.translate + ((1 - 1 / sx).clamp(min=0) if cfg.random_crop else 0.0)
+    room_y = 2 * cfg.translate + ((1 - 1 / sy).clamp(min=0) if cfg.random_crop else 0.0)
+    theta[:, 0, 2] = (u[3] * 2 - 1) * room_x
+    theta[:, 1, 2] = (u[4] * 2 - 1) * room_y
     theta = theta.to(device=dev, dtype=x.dtype)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode=cfg.padding_mode, align_corners=False)
