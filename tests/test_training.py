@@ -140,3 +140,37 @@ def test_unknown_schedule_or_optimizer_is_a_config_error():
         load_config(None, {**TINY, "train.stages": [{"name": "s", "schedule": "linear"}]})
     with pytest.raises(ConfigError, match="optimizer"):
         load_config(None, {**TINY, "train.stages": [{"name": "s", "optimizer": "sgd"}]})
+
+
+def test_ema_tracks_the_weights_and_is_what_validation_sees():
+    from pneumoscope.config import StageConfig
+    from pneumoscope.data.transforms import Preprocessing
+    from pneumoscope.models import create_model
+
+    model = create_model("vgg_tiny")
+    mod = ClassifierModule(model, Preprocessing(32), StageConfig(), None, None, 0.0, 0.0, ema_decay=0.9)
+    assert mod.eval_model is mod.ema.module and mod.eval_model is not model
+    before = {k: v.clone() for k, v in mod.ema.module.state_dict().items()}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    mod.on_train_batch_end(None, None, 0)  # first update copies the weights
+    mod.on_train_batch_end(None, None, 1)  # then ema = 0.9 ema + 0.1 new (here: unchanged)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    mod.on_train_batch_end(None, None, 2)
+    name, p = next(iter(model.named_parameters()))
+    expected = 0.9 * (before[name] + 1.0) + 0.1 * (before[name] + 2.0)
+    torch.testing.assert_close(dict(mod.ema.module.named_parameters())[name], expected)
+    plain = ClassifierModule(create_model("vgg_tiny"), Preprocessing(32), StageConfig(), None, None, 0.0, 0.0)
+    assert plain.ema is None and plain.eval_model is plain.model
+
+
+def test_ema_run_exports_and_resumes(tmp_path, synth_root):
+    cfg = load_config(None, {**TINY, "train.ema_decay": 0.8})
+    out = tmp_path / "run"
+    r = train(cfg, synth_root, out, progress=False)
+    assert r.checkpoint.is_file() and r.best_epoch >= 1
+    r2 = train(cfg, synth_root, out, resume=True, progress=False)
+    assert r2.best_epoch == r.best_epoch

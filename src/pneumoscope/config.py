@@ -100,6 +100,9 @@ class TrainConfig:
     label_smoothing: float = 0.05
     class_weights: str | None = "balanced"  # balanced (N / (2 N_c)) | none
     head_l2: float = 1e-4  # L2 on the hidden Dense kernel, as Keras' kernel_regularizer
+    # > 0: validate and export an exponential moving average of the weights (per optimiser
+    # step, e.g. 0.995); it smooths out the epoch-to-epoch swings of a noisy from-scratch run.
+    ema_decay: float = 0.0
     threshold: float = 0.5
     precision: str = "auto"
     device: str = "auto"
@@ -145,6 +148,8 @@ class Config:
             raise ConfigError("train.label_smoothing must be in [0, 1)")
         if self.train.class_weights not in ("balanced", None, "none"):
             raise ConfigError("train.class_weights must be 'balanced' or 'none'")
+        if not 0.0 <= self.train.ema_decay < 1.0:
+            raise ConfigError(f"train.ema_decay must be in [0, 1), not {self.train.ema_decay}")
         if not 0.0 < self.train.threshold < 1.0:
             raise ConfigError("train.threshold must be in (0, 1)")
         if self.data.intensity not in ("none", "equalize"):

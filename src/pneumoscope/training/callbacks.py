@@ -38,7 +38,8 @@ class RestoreBestWeights(L.Callback):
             self.best = loss
             from safetensors.torch import save_file
 
-            state = {k: v.detach().cpu().contiguous() for k, v in pl_module.model.state_dict().items()}
+            model = getattr(pl_module, "eval_model", pl_module.model)  # the EMA weights when on
+            state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
             with atomic_path(self.path) as tmp:
                 save_file(state, str(tmp))
 
@@ -71,7 +72,7 @@ class ExportBest(L.Callback):
             self.run_state["best_epoch"] = self.run_state["epoch_offset"] + trainer.current_epoch + 1
             metrics = {k: _metric(trainer, k) for k in ("val_loss", "val_acc", "val_auc")}
             metrics["epoch"] = self.run_state["best_epoch"]
-            self.export(pl_module.model, metrics)
+            self.export(getattr(pl_module, "eval_model", pl_module.model), metrics)
 
 
 class MetricsCSV(L.Callback):

@@ -7,6 +7,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from ..config import AugmentConfig, StageConfig
 from ..data.transforms import Preprocessing, augment_batch
@@ -31,9 +32,15 @@ class ClassifierModule(L.LightningModule):
         label_smoothing: float,
         head_l2: float,
         channels_last: bool = False,
+        ema_decay: float = 0.0,
     ) -> None:
         super().__init__()
         self.model = model
+        # An exponential moving average of the weights (and batch-norm statistics), updated
+        # after every optimiser step; when on, validation and the exported weights use it.
+        self.ema: AveragedModel | None = None
+        if ema_decay > 0:
+            self.ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
         self.prep = prep
         self.stage = stage
         self.augment = augment
@@ -53,6 +60,15 @@ class ClassifierModule(L.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
 
+    @property
+    def eval_model(self) -> nn.Module:
+        """The weights that are validated and exported: the EMA copy when on, else the model."""
+        return self.ema.module if self.ema is not None else self.model
+
+    def on_train_batch_end(self, outputs: object, batch: object, batch_idx: int) -> None:
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
+
     def _inputs(self, x: torch.Tensor, train: bool) -> torch.Tensor:
         x = x.float().div_(255.0)
         if train and self.augment is not None:
@@ -62,8 +78,8 @@ class ClassifierModule(L.LightningModule):
             x = x.contiguous(memory_format=torch.channels_last)
         return x
 
-    def _l2(self) -> torch.Tensor:
-        head = getattr(self.model, "head", None)
+    def _l2(self, model: nn.Module | None = None) -> torch.Tensor:
+        head = getattr(model if model is not None else self.model, "head", None)
         params = getattr(head, "l2_params", [])
         if not self.head_l2 or not params:
             return torch.zeros((), device=self.device)
@@ -85,7 +101,7 @@ class ClassifierModule(L.LightningModule):
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], _idx: int) -> None:
         x, y = batch
-        logits = self(self._inputs(x, train=False)).float()
+        logits = self.eval_model(self._inputs(x, train=False)).float()
         per = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing, reduction="sum")
         self._val_loss_sum += float(per)
         self._val_n += len(y)
@@ -97,7 +113,7 @@ class ClassifierModule(L.LightningModule):
             return
         probs = torch.cat(self._val_probs).numpy()
         labels = torch.cat(self._val_labels).numpy()
-        val_loss = self._val_loss_sum / self._val_n + float(self._l2())
+        val_loss = self._val_loss_sum / self._val_n + float(self._l2(self.eval_model))
         acc = float(((probs >= 0.5).astype(int) == labels).mean())
         self.log("val_loss", val_loss, prog_bar=True)
         self.log("val_acc", acc, prog_bar=True)

@@ -203,7 +203,8 @@ def train(
             continue
         model.set_trainable(stage.trainable_from)
         module = ClassifierModule(
-            model, prep, stage, cfg.data.augment, weights, cfg.train.label_smoothing, cfg.train.head_l2, channels_last
+            model, prep, stage, cfg.data.augment, weights, cfg.train.label_smoothing, cfg.train.head_l2, channels_last,
+            ema_decay=cfg.train.ema_decay,
         )
         last = ModelCheckpoint(dirpath=state_dir, filename=f"{stage.name}-last", save_top_k=1, enable_version_counter=False)
         callbacks: list[L.Callback] = [
