@@ -174,3 +174,15 @@ def test_ema_run_exports_and_resumes(tmp_path, synth_root):
     assert r.checkpoint.is_file() and r.best_epoch >= 1
     r2 = train(cfg, synth_root, out, resume=True, progress=False)
     assert r2.best_epoch == r.best_epoch
+
+
+def test_select_last_exports_the_final_epoch(tmp_path, synth_root):
+    cfg = load_config(None, {**TINY, "train.select": "last", "train.stages": [
+        {"name": "s", "epochs": 3, "lr": 1e-3, "trainable_from": "all", "early_stopping_patience": 5}]})
+    r = train(cfg, synth_root, tmp_path / "run", progress=False)
+    with open(tmp_path / "run" / "metrics.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert r.best_epoch == 3 == len(rows)
+    assert abs(r.best_val_loss - float(rows[-1]["val_loss"])) < 1e-4
+    with pytest.raises(ConfigError, match="select"):
+        load_config(None, {**TINY, "train.select": "median"})

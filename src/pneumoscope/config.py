@@ -103,6 +103,10 @@ class TrainConfig:
     # > 0: validate and export an exponential moving average of the weights (per optimiser
     # step, e.g. 0.995); it smooths out the epoch-to-epoch swings of a noisy from-scratch run.
     ema_decay: float = 0.0
+    # Which weights become best.ckpt: "best" = lowest val_loss over all epochs and stages (the
+    # seed's, Keras' restore_best_weights); "last" = the end of the schedule (one-cycle runs,
+    # whose short-lived low-loss epochs early on are noise rather than a better model).
+    select: str = "best"
     threshold: float = 0.5
     precision: str = "auto"
     device: str = "auto"
@@ -148,6 +152,8 @@ class Config:
             raise ConfigError("train.label_smoothing must be in [0, 1)")
         if self.train.class_weights not in ("balanced", None, "none"):
             raise ConfigError("train.class_weights must be 'balanced' or 'none'")
+        if self.train.select not in ("best", "last"):
+            raise ConfigError(f"train.select must be best or last, not {self.train.select!r}")
         if not 0.0 <= self.train.ema_decay < 1.0:
             raise ConfigError(f"train.ema_decay must be in [0, 1), not {self.train.ema_decay}")
         if not 0.0 < self.train.threshold < 1.0:

@@ -26,15 +26,16 @@ class RestoreBestWeights(L.Callback):
     (``path``), so a resumed stage still restores the right ones.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, keep_last: bool = False) -> None:
         self.path = path
         self.best = math.inf
+        self.keep_last = keep_last  # select "last": every epoch replaces the kept weights
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
             return
         loss = _metric(trainer, "val_loss")
-        if loss < self.best:
+        if loss < self.best or self.keep_last:
             self.best = loss
             from safetensors.torch import save_file
 
@@ -57,17 +58,27 @@ class RestoreBestWeights(L.Callback):
 
 
 class ExportBest(L.Callback):
-    """Write the run's ``best.ckpt`` whenever validation loss beats every earlier epoch of any stage."""
+    """Write the run's ``best.ckpt`` whenever validation loss beats every earlier epoch of any stage.
 
-    def __init__(self, run_state: dict[str, Any], export: Callable[[torch.nn.Module, dict[str, float]], None]) -> None:
+    With ``keep_last`` (``train.select: last``) every epoch is written, so the checkpoint ends
+    as the weights at the end of the schedule.
+    """
+
+    def __init__(
+        self,
+        run_state: dict[str, Any],
+        export: Callable[[torch.nn.Module, dict[str, float]], None],
+        keep_last: bool = False,
+    ) -> None:
         self.run_state = run_state
         self.export = export
+        self.keep_last = keep_last
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
             return
         loss = _metric(trainer, "val_loss")
-        if loss < self.run_state.get("best_val_loss", math.inf):
+        if loss < self.run_state.get("best_val_loss", math.inf) or self.keep_last:
             self.run_state["best_val_loss"] = loss
             self.run_state["best_epoch"] = self.run_state["epoch_offset"] + trainer.current_epoch + 1
             metrics = {k: _metric(trainer, k) for k in ("val_loss", "val_acc", "val_auc")}

@@ -209,8 +209,8 @@ def train(
         last = ModelCheckpoint(dirpath=state_dir, filename=f"{stage.name}-last", save_top_k=1, enable_version_counter=False)
         callbacks: list[L.Callback] = [
             EarlyStopping(monitor="val_loss", mode="min", patience=stage.early_stopping_patience, min_delta=0.0),
-            RestoreBestWeights(state_dir / f"{stage.name}-best.safetensors"),
-            ExportBest(run_state, export),
+            RestoreBestWeights(state_dir / f"{stage.name}-best.safetensors", keep_last=cfg.train.select == "last"),
+            ExportBest(run_state, export, keep_last=cfg.train.select == "last"),
             MetricsCSV(out / "metrics.csv", stage.name, run_state["epoch_offset"]),
             last,
         ]
