@@ -154,6 +154,7 @@ def _run(
         exp = explain(
             predictor.ckpt.model, prep.normalize(ev.images[i : i + 64]).to(predictor.device),
             layer=predictor.ckpt.target_layer, threshold=predictor.threshold, precision=predictor.precision,
+            temperature=predictor.temperature,
         )
         raws += list(exp.raw.cpu().numpy())
     grays = [img.numpy().astype(np.float32) / 255.0 for img in ev.images]
@@ -175,7 +176,8 @@ def _run(
         # explains that class for every lesion image, including the ones the model missed.
         x = prep.normalize(ev.images[with_mask]).to(predictor.device)
         lesion = explain(predictor.ckpt.model, x, layer=predictor.ckpt.target_layer, target="PNEUMONIA",
-                         precision=predictor.precision, class_names=predictor.ckpt.class_names)
+                         precision=predictor.precision, class_names=predictor.ckpt.class_names,
+                         temperature=predictor.temperature)
         loc = localisation_scores(list(lesion.raw.cpu().numpy()), [masks[i] for i in with_mask])  # type: ignore[misc]
 
     log("[5/5] writing the report")
@@ -212,7 +214,7 @@ def _run(
     }
     report = write_report(
         out, title="pneumoscope demo report", metrics=ev.metrics,
-        plots={k: ev.out_dir / f"{k}.png" for k in ("confusion_matrix", "roc", "pr")},
+        plots={k: ev.out_dir / f"{k}.png" for k in ("confusion_matrix", "roc", "pr", "reliability")},
         gallery=gallery, sections=sections, run_info=run_info,
         credit=SYNTH_CREDIT if synthetic else KAGGLE_CREDIT,
     )
