@@ -257,3 +257,34 @@ def test_report_shows_intervals_operating_point_and_reliability(tmp_path):
     assert "Reliability diagram" in text and "data:image/png;base64" in text
     assert "chosen by <b>youden</b>" in text and "200 resamples of the 80 test images" in text
     assert f"{m['calibration']['ece']:.4f}" in text
+
+
+def test_calibrate_on_the_rederived_patient_split(run_cli, tiny_ckpt, synth_root, tmp_path):
+    from pneumoscope.data.dataset import load_splits
+    from pneumoscope.training.run import _write_splits
+
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy2(tiny_ckpt, run / "best.ckpt")
+    cfg = read_metadata(tiny_ckpt)["config"]
+    splits = load_splits(synth_root, "split", cfg["data"]["val_fraction"], cfg["train"]["seed"])
+    _write_splits(run / "splits.csv", {"train": splits.train, "val": splits.val})
+    result = run_cli("calibrate", "--checkpoint", run / "best.ckpt", "--data", synth_root, "--val-source", "split",
+                     "--method", "fixed", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    op = read_metadata(run / "best.ckpt")["operating_point"]
+    assert op["val_source"] == "split" and op["n"] == len(splits.val)
+
+
+def test_training_keeps_the_configured_threshold_when_validation_has_one_class(tiny_ckpt, synth_root, tmp_path):
+    from pneumoscope.data.dataset import scan_split_folder
+    from pneumoscope.training.run import _calibrate
+
+    ckpt = tmp_path / "best.ckpt"
+    shutil.copy2(tiny_ckpt, ckpt)
+    only_pneumonia = [s for s in scan_split_folder(synth_root / "val") if s.label == 1]
+    cfg = load_config(None, {"train.threshold": 0.4})
+    with pytest.warns(UserWarning, match="keeping threshold 0.4"):
+        out = _calibrate(ckpt, only_pneumonia, None, cfg, "fp32", torch.device("cpu"), "val", False)
+    assert out == {"threshold": 0.4, "temperature": 1.0, "operating_point": None}
+    assert read_metadata(ckpt)["operating_point"] == read_metadata(tiny_ckpt)["operating_point"]  # untouched
