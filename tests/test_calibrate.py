@@ -169,6 +169,7 @@ def test_calibrate_writes_a_new_checkpoint_with_the_new_operating_point(run_cli,
                      "--target-sensitivity", "1.0", "--out", new, "--device", "cpu", "--precision", "fp32")
     assert result.exit_code == 0, result.output
     assert "operating point sensitivity" in result.stderr
+    assert "warning: operating point chosen on only" in result.stderr  # a handful of val images
     op = read_metadata(new)["operating_point"]
     assert op["method"] == "sensitivity" and op["sensitivity"] == 1.0 and op["val_source"] == "val"
     assert read_metadata(src)["operating_point"]["method"] == "youden"  # original untouched

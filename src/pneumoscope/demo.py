@@ -142,6 +142,8 @@ def _run(
     log(f"[2/5] training {cfg.model.backbone} at {cfg.data.image_size} px")
     result = train(cfg, data_root, out / "run", progress=progress)
     log(f"      best val_loss {result.best_val_loss:.4f} at epoch {result.best_epoch} ({result.seconds:.0f} s)")
+    if result.summary.get("calibration_summary"):
+        log(f"      {result.summary['calibration_summary']}")
     log("[3/5] evaluating on the test split")
     ev = evaluate(result.checkpoint, data_root, out / "eval", progress=progress, precision=cfg.train.precision)
     log(f"      accuracy {ev.metrics['accuracy']:.3f}, ROC AUC {ev.metrics['roc_auc']:.3f}")

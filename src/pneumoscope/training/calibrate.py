@@ -9,6 +9,7 @@ figures computed at the stored threshold stay honest.
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,9 @@ from ..evaluation.calibration import calibration_summary, fit_temperature
 from ..evaluation.operating_point import OperatingPoint, choose_operating_point
 
 log = logging.getLogger(__name__)
+
+#: Below this many validation images of either class the chosen threshold is mostly noise.
+MIN_PER_CLASS = 50
 
 
 @dataclass
@@ -109,6 +113,12 @@ def calibrate_checkpoint(
         labels, prob, op_cfg.method, target_sensitivity=op_cfg.target_sensitivity,
         margin=op_cfg.sensitivity_margin, threshold=cfg.train.threshold,
     )
+    if op.method != "fixed" and min(op.n_positive, op.n_negative) < MIN_PER_CLASS:
+        warnings.warn(
+            f"operating point chosen on only {op.n_positive} PNEUMONIA and {op.n_negative} NORMAL validation "
+            f"images; with fewer than {MIN_PER_CLASS} of a class the threshold will move a lot on new data",
+            stacklevel=2,
+        )
     result = CalibrationResult(
         checkpoint=Path(out if out is not None else ckpt_path),
         temperature=t,
