@@ -3,11 +3,17 @@
 ``best.ckpt`` is a safetensors file: the weights, plus one JSON metadata entry with the
 architecture, preprocessing contract, class names, Grad-CAM layer, decision threshold and the
 resolved training config. ``predict``, ``explain`` and ``serve`` need nothing else.
+
+Format 2 adds ``temperature`` (logits are divided by it before the softmax) and
+``operating_point`` (how ``threshold`` was chosen on validation data). The threshold applies to
+the temperature-scaled probabilities, so a reader that ignored the temperature would misapply it:
+hence the version bump. Format 1 checkpoints load with temperature 1 and no operating point.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -21,7 +27,7 @@ from .errors import CheckpointError, PneumoscopeError
 from .fileio import atomic_path
 
 FORMAT = "pneumoscope.checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 CLASS_NAMES = ("NORMAL", "PNEUMONIA")
 
 
@@ -38,6 +44,8 @@ class Checkpoint:
     config: dict[str, Any] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
+    temperature: float = 1.0
+    operating_point: dict[str, Any] | None = None
 
     @property
     def positive_index(self) -> int:
@@ -63,10 +71,11 @@ def save_checkpoint(
     class_names: tuple[str, ...] = CLASS_NAMES,
     config: dict[str, Any] | None = None,
     info: dict[str, Any] | None = None,
+    temperature: float = 1.0,
+    operating_point: dict[str, Any] | None = None,
 ) -> Path:
     """Write a checkpoint atomically (temp file + rename, so a crash never leaves half a file)."""
-    from safetensors.torch import save_file
-
+    _check_temperature(temperature, path)
     meta = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -76,16 +85,74 @@ def save_checkpoint(
         "preprocessing": preprocessing.to_dict(),
         "target_layer": target_layer,
         "threshold": float(threshold),
+        "temperature": float(temperature),
+        "operating_point": operating_point,
         "config": config or {},
         "info": info or {},
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "versions": _versions(),
     }
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    return _write(path, state, meta)
+
+
+def _write(path: str | Path, state: dict[str, torch.Tensor], meta: dict[str, Any]) -> Path:
+    from safetensors.torch import save_file
+
     path = Path(path)
     with atomic_path(path) as tmp:
         save_file(state, str(tmp), metadata={"pneumoscope": json.dumps(meta)})
     return path
+
+
+def _check_temperature(value: Any, where: str | Path) -> float:
+    try:
+        t = float(value)
+    except (TypeError, ValueError):
+        t = math.nan
+    if not (math.isfinite(t) and t > 0.0):
+        raise CheckpointError(f"{where}: temperature must be a finite number > 0, got {value!r}")
+    return t
+
+
+def update_checkpoint(
+    path: str | Path,
+    out: str | Path | None = None,
+    *,
+    threshold: float,
+    temperature: float,
+    operating_point: dict[str, Any] | None,
+    info: dict[str, Any] | None = None,
+) -> Path:
+    """Rewrite a checkpoint's operating point and temperature, weights untouched, atomically.
+
+    Args:
+        path: The checkpoint to read.
+        out: Where to write; default: replace ``path`` (via temp file + rename).
+        threshold: New decision threshold (on temperature-scaled probabilities).
+        temperature: New temperature > 0.
+        operating_point: How the threshold was chosen (see
+            :class:`pneumoscope.evaluation.operating_point.OperatingPoint`).
+        info: Entries merged into the checkpoint's ``info``.
+
+    Raises:
+        CheckpointError: Unreadable checkpoint or a temperature that is not > 0.
+    """
+    from safetensors.torch import load_file
+
+    p = Path(path)
+    meta = read_metadata(p)
+    _check_temperature(temperature, p)
+    try:
+        state = load_file(str(p))
+    except Exception as exc:
+        raise CheckpointError(f"{p}: checkpoint weights are unreadable (truncated or corrupt file)") from exc
+    meta.update(
+        format_version=FORMAT_VERSION, threshold=float(threshold), temperature=float(temperature),
+        operating_point=operating_point, versions=_versions(),
+    )
+    meta["info"] = {**meta.get("info", {}), **(info or {})}
+    return _write(p if out is None else out, state, meta)
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:
@@ -158,4 +225,6 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
         config=meta.get("config", {}),
         info=meta.get("info", {}),
         path=p,
+        temperature=_check_temperature(meta.get("temperature", 1.0), p),
+        operating_point=meta.get("operating_point"),
     )

@@ -114,6 +114,8 @@ def train(
     if epochs is not None:
         cfg = _set_epochs(cfg, epochs)
     result = run_train(cfg, data, out, resume=resume, progress=True)
+    if result.summary.get("calibration_summary"):
+        _say(result.summary["calibration_summary"])
     _say(f"best val_loss {result.best_val_loss:.4f} at epoch {result.best_epoch}; checkpoint: {result.checkpoint}")
 
 
@@ -139,21 +141,85 @@ def evaluate(
     checkpoint: Path = typer.Option(..., "--checkpoint", help="A best.ckpt from `pneumoscope train`."),
     data: Path = typer.Option(..., "--data", help="A split folder (…/test), a dataset root (its test/), or a CSV."),
     out: Path = typer.Option(Path("eval"), "--out", help="Folder for metrics.json, plots, predictions.csv."),
+    threshold: Optional[str] = typer.Option(None, "--threshold", help="Override the checkpoint's threshold with a number in (0, 1)."),
+    bootstrap: int = typer.Option(2000, "--bootstrap", help="Bootstrap resamples for the 95% intervals; 0: none."),
+    ci_seed: int = typer.Option(0, "--ci-seed", help="Seed of the bootstrap."),
+    bins: int = typer.Option(15, "--bins", help="Bins of the calibration error and reliability diagram."),
     batch_size: int = typer.Option(64, "--batch-size"),
     precision: Precision = typer.Option(Precision.auto, "--precision"),
     device: str = typer.Option("auto", "--device"),
 ) -> None:
-    """Evaluate a checkpoint at its stored operating point."""
+    """Evaluate a checkpoint at its stored operating point, with 95% intervals and calibration."""
     from .evaluation.evaluate import evaluate as run_eval
+    from .evaluation.evaluate import parse_threshold
 
-    r = run_eval(checkpoint, data, out, batch_size=batch_size, device=device, precision=precision.value, progress=True)
+    r = run_eval(checkpoint, data, out, threshold=parse_threshold(threshold), bootstrap=bootstrap, ci_seed=ci_seed,
+                 n_bins=bins, batch_size=batch_size, device=device, precision=precision.value, progress=True)
     m = r.metrics
-    auc = "n/a" if m["roc_auc"] is None else f"{m['roc_auc']:.4f}"
+    ci = m.get("ci95") or {}
+
+    def show(key: str) -> str:
+        if m[key] is None:
+            return "n/a"
+        return f"{m[key]:.4f}" + (f" [{ci[key][0]:.3f}, {ci[key][1]:.3f}]" if ci.get(key) else "")
+
     _say(
-        f"n={m['n']} accuracy {m['accuracy']:.4f}  sensitivity {m['sensitivity']:.4f}  "
-        f"specificity {m['specificity']:.4f}  ROC AUC {auc}  (threshold {m['threshold']:.3f})"
+        f"n={m['n']} accuracy {show('accuracy')}  sensitivity {show('sensitivity')}  "
+        f"specificity {show('specificity')}  ROC AUC {show('roc_auc')}"
+    )
+    _say(
+        f"threshold {m['threshold']:.4f} ({m['threshold_source']}), temperature {m['temperature']:.4g}, "
+        f"ECE {m['calibration']['ece']:.3f}" + ("  [95% bootstrap intervals]" if ci else "")
     )
     _say(f"wrote {out / 'metrics.json'}")
+
+
+class CalibValSource(str, Enum):
+    split = "split"
+    val = "val"
+
+
+class OpMethod(str, Enum):
+    youden = "youden"
+    sensitivity = "sensitivity"
+    fixed = "fixed"
+
+
+@app.command()
+@user_errors
+def calibrate(
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="A best.ckpt from `pneumoscope train`."),
+    data: Path = typer.Option(..., "--data", help="The dataset the checkpoint was trained on (root or CSV)."),
+    val_source: Optional[CalibValSource] = typer.Option(None, "--val-source", help="split (the patient-level split it trained with) | val; default: as trained."),
+    method: Optional[OpMethod] = typer.Option(None, "--method", help="youden | sensitivity | fixed; default: the stored config's."),
+    target_sensitivity: Optional[float] = typer.Option(None, "--target-sensitivity", help="For --method sensitivity, e.g. 0.95."),
+    margin: Optional[float] = typer.Option(None, "--margin", help="For --method sensitivity: aim this much higher on validation."),
+    threshold: Optional[float] = typer.Option(None, "--threshold", help="For --method fixed."),
+    temperature: Optional[bool] = typer.Option(None, "--temperature/--no-temperature", help="Fit a temperature (default: the stored config's)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write a new checkpoint here; default: update CKPT in place."),
+    batch_size: int = typer.Option(64, "--batch-size"),
+    precision: Precision = typer.Option(Precision.auto, "--precision"),
+    device: str = typer.Option("auto", "--device"),
+) -> None:
+    """Refit temperature and operating point of a checkpoint on its validation images (no retraining)."""
+    from .errors import ConfigError
+    from .training.calibrate import recalibrate
+
+    if threshold is not None and (method or OpMethod.fixed) is not OpMethod.fixed:
+        raise ConfigError("--threshold sets the fixed threshold; use it with --method fixed")
+    overrides = {k: v for k, v in {
+        "operating_point.method": method.value if method else ("fixed" if threshold is not None else None),
+        "operating_point.target_sensitivity": target_sensitivity,
+        "operating_point.sensitivity_margin": margin,
+        "train.threshold": threshold,
+        "calibration.temperature": temperature,
+    }.items() if v is not None}
+    r = recalibrate(
+        checkpoint, data, out=out, val_source=val_source.value if val_source else None, overrides=overrides,
+        precision=precision.value, device=device, batch_size=batch_size, progress=_progress(),
+    )
+    _say(r.summary_line())
+    _say(f"wrote {r.checkpoint}")
 
 
 def _load_inputs(inputs: list[Path], checkpoint: Path, device: str, precision: Precision, batch_size: int) -> tuple[list[Path], Any]:

@@ -128,12 +128,31 @@ class TrainConfig:
 
 
 @dataclass
+class CalibrationConfig:
+    """Temperature scaling fitted on the validation split after training."""
+
+    temperature: bool = True  # false: keep T = 1 (raw softmax probabilities)
+    n_bins: int = 15  # equal-width bins of P(PNEUMONIA) for the calibration error
+
+
+@dataclass
+class OperatingPointConfig:
+    """How the decision threshold is chosen on the validation split after training."""
+
+    method: str = "youden"  # youden | sensitivity | fixed (fixed uses train.threshold)
+    target_sensitivity: float = 0.95  # for method sensitivity
+    sensitivity_margin: float = 0.0  # aim for target + margin on validation, for safety on new data
+
+
+@dataclass
 class Config:
     """Everything needed to reproduce a training run."""
 
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    operating_point: OperatingPointConfig = field(default_factory=OperatingPointConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(asdict(self))
@@ -171,6 +190,15 @@ class Config:
         lo, hi = aug.zoom_range
         if (lo, hi) != (0.0, 0.0) and not 0.0 < lo <= hi:
             raise ConfigError(f"data.augment.zoom_range must be [lo, hi] with 0 < lo <= hi (or [0, 0] for off), not {[lo, hi]}")
+        op = self.operating_point
+        if op.method not in ("youden", "sensitivity", "fixed"):
+            raise ConfigError(f"operating_point.method must be youden, sensitivity or fixed, not {op.method!r}")
+        if not 0.0 < op.target_sensitivity <= 1.0:
+            raise ConfigError(f"operating_point.target_sensitivity must be in (0, 1], not {op.target_sensitivity}")
+        if not 0.0 <= op.sensitivity_margin < 1.0:
+            raise ConfigError(f"operating_point.sensitivity_margin must be in [0, 1), not {op.sensitivity_margin}")
+        if self.calibration.n_bins < 1:
+            raise ConfigError(f"calibration.n_bins must be positive, not {self.calibration.n_bins}")
         if not self.train.stages:
             raise ConfigError("train.stages must list at least one stage")
         for st in self.train.stages:
@@ -273,6 +301,14 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     values: dict[str, Any] = {}
     if path is not None:
         values = read_yaml(resolve_config_path(path))
+    return config_with_overrides(values, overrides)
+
+
+def config_with_overrides(values: dict[str, Any], overrides: dict[str, Any] | None = None) -> Config:
+    """Nested ``values`` (a YAML's or a checkpoint's config) ← dotted ``overrides`` → validated Config."""
+    import copy
+
+    values = copy.deepcopy(values)
     for dotted, v in (overrides or {}).items():
         if v is None:
             continue
@@ -311,7 +347,7 @@ def read_yaml(path: Path) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of sections (data, model, train)")
+        raise ConfigError(f"{path}: expected a mapping of sections (data, model, train, calibration, operating_point)")
     return data
 
 

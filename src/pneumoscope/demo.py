@@ -142,6 +142,8 @@ def _run(
     log(f"[2/5] training {cfg.model.backbone} at {cfg.data.image_size} px")
     result = train(cfg, data_root, out / "run", progress=progress)
     log(f"      best val_loss {result.best_val_loss:.4f} at epoch {result.best_epoch} ({result.seconds:.0f} s)")
+    if result.summary.get("calibration_summary"):
+        log(f"      {result.summary['calibration_summary']}")
     log("[3/5] evaluating on the test split")
     ev = evaluate(result.checkpoint, data_root, out / "eval", progress=progress, precision=cfg.train.precision)
     log(f"      accuracy {ev.metrics['accuracy']:.3f}, ROC AUC {ev.metrics['roc_auc']:.3f}")
@@ -154,6 +156,7 @@ def _run(
         exp = explain(
             predictor.ckpt.model, prep.normalize(ev.images[i : i + 64]).to(predictor.device),
             layer=predictor.ckpt.target_layer, threshold=predictor.threshold, precision=predictor.precision,
+            temperature=predictor.temperature,
         )
         raws += list(exp.raw.cpu().numpy())
     grays = [img.numpy().astype(np.float32) / 255.0 for img in ev.images]
@@ -175,7 +178,8 @@ def _run(
         # explains that class for every lesion image, including the ones the model missed.
         x = prep.normalize(ev.images[with_mask]).to(predictor.device)
         lesion = explain(predictor.ckpt.model, x, layer=predictor.ckpt.target_layer, target="PNEUMONIA",
-                         precision=predictor.precision, class_names=predictor.ckpt.class_names)
+                         precision=predictor.precision, class_names=predictor.ckpt.class_names,
+                         temperature=predictor.temperature)
         loc = localisation_scores(list(lesion.raw.cpu().numpy()), [masks[i] for i in with_mask])  # type: ignore[misc]
 
     log("[5/5] writing the report")
@@ -212,7 +216,7 @@ def _run(
     }
     report = write_report(
         out, title="pneumoscope demo report", metrics=ev.metrics,
-        plots={k: ev.out_dir / f"{k}.png" for k in ("confusion_matrix", "roc", "pr")},
+        plots={k: ev.out_dir / f"{k}.png" for k in ("confusion_matrix", "roc", "pr", "reliability")},
         gallery=gallery, sections=sections, run_info=run_info,
         credit=SYNTH_CREDIT if synthetic else KAGGLE_CREDIT,
     )

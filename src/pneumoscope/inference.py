@@ -63,6 +63,10 @@ class Predictor:
     def threshold(self) -> float:
         return self.ckpt.threshold
 
+    @property
+    def temperature(self) -> float:
+        return self.ckpt.temperature
+
     def label_of(self, prob: float) -> str:
         return self.ckpt.class_names[int(prob >= self.threshold)]
 
@@ -80,11 +84,19 @@ class Predictor:
         return torch.stack([self.ckpt.preprocessing(g) for g in grays]).to(self.device)
 
     @torch.inference_mode()
-    def probabilities(self, x: torch.Tensor) -> torch.Tensor:
-        """P(PNEUMONIA) for a preprocessed batch (N, 3, S, S)."""
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Raw float32 logits (N, C) for a preprocessed batch (N, 3, S, S), on the CPU."""
         with autocast(self.device, self.precision):
             logits = self.ckpt.model(x.to(self.device))
-        return logits.float().softmax(1)[:, self.ckpt.positive_index].cpu()
+        return logits.float().cpu()
+
+    def calibrated(self, logits: torch.Tensor) -> torch.Tensor:
+        """P(PNEUMONIA) from raw logits, with the checkpoint's temperature applied."""
+        return (logits.float() / self.temperature).softmax(1)[:, self.ckpt.positive_index]
+
+    def probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        """Calibrated P(PNEUMONIA) for a preprocessed batch (N, 3, S, S)."""
+        return self.calibrated(self.logits(x))
 
     def predict(self, paths: Sequence[str | Path], progress: bool = False) -> list[Prediction]:
         """Predict every file; unreadable files get a row with ``error`` set."""
@@ -150,6 +162,7 @@ class Predictor:
                         self.ckpt.model, self.batch_tensor(g for _, g in ok), method=method, layer=layer,
                         target=None if target == "predicted" else target, threshold=self.threshold,
                         precision=self.precision, class_names=self.ckpt.class_names,
+                        temperature=self.temperature,
                     )
                 slot = {i: k for k, (i, _) in enumerate(ok)}
                 for i, p in enumerate(chunk):
@@ -187,6 +200,7 @@ class Predictor:
                 "score": "log_prob",
                 "style": style,
                 "threshold": self.threshold,
+                "temperature": self.temperature,
                 "checkpoint": str(self.ckpt.path) if self.ckpt.path else None,
                 "architecture": self.ckpt.architecture,
                 "class_names": list(self.ckpt.class_names),

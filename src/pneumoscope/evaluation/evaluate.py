@@ -12,10 +12,14 @@ import torch
 
 from ..checkpoint import load_checkpoint
 from ..data.dataset import CLASS_NAMES, Sample, decode_images, resolve_eval_samples
+from ..errors import ConfigError
 from ..fileio import atomic_path
 from ..inference import Predictor
+from .bootstrap import bootstrap_ci
+from .calibration import calibration_summary
 from .metrics import compute_metrics, write_metrics_json
-from .plots import save_evaluation_plots
+from .operating_point import METHODS
+from .plots import plot_reliability, save_evaluation_plots
 
 
 @dataclass
@@ -28,17 +32,49 @@ class EvalResult:
     images: torch.Tensor  # (N, S, S) uint8, model-size, reused by the report gallery
 
 
-def predict_samples(predictor: Predictor, samples: list[Sample], progress: bool = True) -> tuple[np.ndarray, torch.Tensor]:
-    """P(PNEUMONIA) for labelled samples, plus their decoded model-size images."""
+def image_logits(predictor: Predictor, images: torch.Tensor, progress: bool = True) -> torch.Tensor:
+    """Raw logits (N, C) for decoded model-size uint8 images (N, S, S), batch by batch."""
     from tqdm.auto import tqdm
 
     prep = predictor.ckpt.preprocessing
-    images = decode_images([s.path for s in samples], prep, progress, desc="decoding")
-    probs = []
+    out = []
     bs = predictor.batch_size
     for i in tqdm(range(0, len(images), bs), desc="evaluating", unit="batch", disable=not progress, leave=False):
-        probs.append(predictor.probabilities(prep.normalize(images[i : i + bs])))
-    return torch.cat(probs).numpy().astype(np.float64), images
+        out.append(predictor.logits(prep.normalize(images[i : i + bs])))
+    return torch.cat(out)
+
+
+def predict_samples(predictor: Predictor, samples: list[Sample], progress: bool = True) -> tuple[np.ndarray, torch.Tensor]:
+    """Calibrated P(PNEUMONIA) for labelled samples, plus their decoded model-size images."""
+    images = decode_images([s.path for s in samples], predictor.ckpt.preprocessing, progress, desc="decoding")
+    probs = predictor.calibrated(image_logits(predictor, images, progress))
+    return probs.numpy().astype(np.float64), images
+
+
+def parse_threshold(value: str | float | None) -> float | None:
+    """A ``--threshold`` value: a number in (0, 1), or None for the checkpoint's.
+
+    Names of data-driven methods are refused: choosing the threshold on the data being
+    evaluated would report the best case, not what the model does on new patients.
+
+    Raises:
+        ConfigError: Not a number in (0, 1).
+    """
+    if value is None:
+        return None
+    try:
+        t = float(value)
+    except (TypeError, ValueError):
+        if str(value).lower() in METHODS:
+            raise ConfigError(
+                f"--threshold {value}: a threshold chosen on the evaluation data would make its figures "
+                "optimistic; choose it on validation data with `pneumoscope calibrate --method "
+                f"{str(value).lower()}` and evaluate the new checkpoint"
+            ) from None
+        raise ConfigError(f"--threshold {value!r}: expected a number in (0, 1)") from None
+    if not 0.0 < t < 1.0:
+        raise ConfigError(f"--threshold {value}: expected a number in (0, 1)")
+    return t
 
 
 def evaluate(
@@ -46,25 +82,54 @@ def evaluate(
     data: str | Path,
     out: str | Path,
     *,
+    threshold: float | None = None,
+    bootstrap: int = 2000,
+    ci_seed: int = 0,
+    n_bins: int = 15,
     batch_size: int = 64,
     device: str = "auto",
     precision: str = "auto",
     progress: bool = True,
 ) -> EvalResult:
-    """Evaluate at the checkpoint's stored threshold; write ``metrics.json``, plots and ``predictions.csv``."""
+    """Evaluate at the checkpoint's stored operating point; write ``metrics.json``, plots and ``predictions.csv``.
+
+    Args:
+        checkpoint: A checkpoint from ``pneumoscope train``.
+        data: Split folder, dataset root (its ``test/``) or CSV manifest.
+        out: Output folder.
+        threshold: Override the stored threshold (recorded as ``threshold_source: flag``).
+        bootstrap: Resamples for the 95% intervals in ``ci95``; 0 skips them.
+        ci_seed: Seed of the bootstrap.
+        n_bins: Bins of the calibration error and the reliability diagram.
+        batch_size, device, precision, progress: Inference settings.
+    """
+    if bootstrap and bootstrap < 100:
+        raise ConfigError(f"--bootstrap {bootstrap}: use 0 (no intervals) or at least 100 resamples")
+    if n_bins < 1:
+        raise ConfigError(f"--bins {n_bins}: must be positive")
     predictor = Predictor(load_checkpoint(checkpoint), device=device, precision=precision, batch_size=batch_size)
     samples, source = resolve_eval_samples(data)
     probs, images = predict_samples(predictor, samples, progress)
     labels = np.array([s.label for s in samples])
-    metrics = compute_metrics(labels, probs, threshold=predictor.threshold, class_names=CLASS_NAMES)
+    t = predictor.threshold if threshold is None else float(threshold)
+    metrics = compute_metrics(labels, probs, threshold=t, class_names=CLASS_NAMES)
+    metrics["threshold_source"] = "checkpoint" if threshold is None else "flag"
+    metrics["operating_point"] = predictor.ckpt.operating_point
+    metrics["temperature"] = predictor.temperature
+    metrics["calibration"] = calibration_summary(labels, probs, n_bins)
+    if bootstrap:
+        ci, how = bootstrap_ci(labels, probs, t, [s.patient_id for s in samples], n_resamples=bootstrap, seed=ci_seed)
+        metrics["ci95"], metrics["ci_method"] = ci, how
     metrics["checkpoint"] = str(checkpoint)
     metrics["architecture"] = predictor.ckpt.architecture
     metrics["data"] = str(source)
     metrics["compute_precision"] = predictor.precision  # not "precision": that key is PPV
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    save_evaluation_plots(labels, probs, predictor.threshold, out, class_names=CLASS_NAMES)
-    _write_predictions(out / "predictions.csv", samples, probs, predictor.threshold)
+    save_evaluation_plots(labels, probs, t, out, class_names=CLASS_NAMES)
+    plot_reliability(labels, probs, out / "reliability.png", n_bins=n_bins, temperature=predictor.temperature,
+                     class_names=CLASS_NAMES)
+    _write_predictions(out / "predictions.csv", samples, probs, t)
     write_metrics_json(metrics, out / "metrics.json")
     return EvalResult(metrics, samples, probs, labels, out, images)
 

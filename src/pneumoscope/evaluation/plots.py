@@ -32,7 +32,7 @@ from .metrics import (
     predict_labels,
 )
 
-__all__ = ["plot_confusion_matrix", "plot_pr", "plot_roc", "save_evaluation_plots"]
+__all__ = ["plot_confusion_matrix", "plot_pr", "plot_reliability", "plot_roc", "save_evaluation_plots"]
 
 _DPI = 120
 _OPERATING_POINT_COLOUR = "#d62728"
@@ -267,6 +267,65 @@ def plot_pr(
     ax.grid(alpha=0.3)
     ax.legend(loc="lower left", fontsize=8)
     fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_reliability(
+    y_true: ArrayLike,
+    prob: ArrayLike,
+    path: str | os.PathLike[str],
+    *,
+    n_bins: int = 15,
+    temperature: float | None = None,
+    class_names: Sequence[str] = DEFAULT_CLASS_NAMES,
+    title: str = "Reliability diagram",
+) -> Path:
+    """Plot observed frequency against predicted P(positive) per equal-width bin.
+
+    A calibrated model's points lie on the diagonal; points below it mean over-confidence in
+    the positive class. Bars in the lower panel count the cases per bin, since a bin of three
+    cases says little. The title carries the ECE and MCE of
+    :func:`pneumoscope.evaluation.calibration.calibration_bins`.
+
+    Args:
+        y_true: 1-D true labels (0/1).
+        prob: 1-D P(positive class).
+        path: Output PNG path.
+        n_bins: Equal-width bins on [0, 1].
+        temperature: Shown in the title when given (the temperature ``prob`` was scaled with).
+        class_names: Names of class 0 and 1 (for the axis labels).
+        title: Figure title.
+
+    Returns:
+        The path written.
+    """
+    from .calibration import calibration_bins
+
+    bins = calibration_bins(y_true, prob, n_bins)
+    filled = bins.count > 0
+    centres = (bins.edges[:-1] + bins.edges[1:]) / 2.0
+    width = 1.0 / n_bins
+
+    fig = _new_figure(5.0, 5.6)
+    gs = fig.add_gridspec(2, 1, height_ratios=(3, 1), hspace=0.08)
+    ax = fig.add_subplot(gs[0])
+    ax.plot([0, 1], [0, 1], ls="--", lw=1, color="grey", label="perfect calibration")
+    ax.vlines(bins.mean_prob[filled], bins.mean_prob[filled], bins.frac_positive[filled],
+              color=_OPERATING_POINT_COLOUR, lw=3, alpha=0.35, label="gap (calibration error)")
+    ax.plot(bins.mean_prob[filled], bins.frac_positive[filled], marker="o", lw=1.5, label="model")
+    ax.set_xlim(0.0, 1.0)
+    ax.set_ylim(-0.01, 1.01)
+    ax.set_ylabel(f"Observed fraction {class_names[1]}")
+    ax.tick_params(labelbottom=False)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", fontsize=8)
+    t = "" if temperature is None else f", T = {temperature:.3g}"
+    ax.set_title(f"{title}\nECE {bins.ece:.3f}, MCE {bins.mce:.3f} ({n_bins} bins{t})")
+    hist = fig.add_subplot(gs[1], sharex=ax)
+    hist.bar(centres, bins.count, width=width * 0.9, color="grey")
+    hist.set_xlabel(f"Predicted P({class_names[1]})")
+    hist.set_ylabel("cases")
+    fig.subplots_adjust(left=0.14, right=0.97, top=0.9, bottom=0.1)
     return _save(fig, path)
 
 

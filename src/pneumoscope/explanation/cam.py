@@ -139,6 +139,7 @@ def explain(
     threshold: float | None = None,
     precision: str = "fp32",
     class_names: Sequence[str] | None = None,
+    temperature: float = 1.0,
 ) -> Explanation:
     """Explain a batch of preprocessed images.
 
@@ -154,6 +155,9 @@ def explain(
         threshold: decide the predicted class by P(positive) >= threshold instead of argmax.
         precision: ``fp32`` or ``bf16`` (already resolved; see :mod:`pneumoscope.runtime`).
         class_names: names for string targets.
+        temperature: the checkpoint's calibration temperature; probabilities (and the
+            ``log_prob`` score) are those of ``logits / temperature``. For two classes and Grad-CAM this
+            scales each image's gradient by a positive factor, so the normalised map is unchanged.
     """
     if method not in METHODS:
         raise ConfigError(f"unknown explanation method {method!r}; available: {', '.join(METHODS)}")
@@ -182,7 +186,7 @@ def explain(
             raise ConfigError(f"layer {layer!r} was not used in the forward pass")
         act = store[-1]
         logits = logits.float()
-        probs = logits.softmax(dim=1)
+        probs = (logits / temperature).softmax(dim=1)
         tgt = _targets(target, probs.detach(), threshold, class_names)
         if score == "log_prob":
             chosen = torch.log(probs.gather(1, tgt[:, None]).squeeze(1) + 1e-8)

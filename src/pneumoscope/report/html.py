@@ -36,6 +36,7 @@ _PLOT_TITLES = {
     "confusion_matrix": "Confusion matrix",
     "roc": "ROC curve",
     "pr": "Precision-recall curve",
+    "reliability": "Reliability diagram (calibration)",
 }
 
 _CSS = """
@@ -120,13 +121,20 @@ def _class_names_from(metrics: Mapping[str, Any]) -> tuple[str, str]:
 def _metrics_html(metrics: Mapping[str, Any], class_names: tuple[str, str]) -> str:
     """Headline metric table, warnings, per-class table and confusion matrix table."""
     neg, pos = class_names
+    ci = metrics.get("ci95") if isinstance(metrics.get("ci95"), Mapping) else {}
     rows = []
     for key, label in _HEADLINE:
         value = _fmt(metrics.get(key))
         if key == "n" and "n_positive" in metrics and "n_negative" in metrics:
             value += f" ({_fmt(metrics['n_positive'])} {pos} / {_fmt(metrics['n_negative'])} {neg})"
+        interval = ci.get(key) if ci else None
+        if interval and metrics.get(key) is not None:
+            value += f"  (95% CI {_fmt(interval[0])} to {_fmt(interval[1])})"
+        if key == "threshold" and metrics.get("threshold_source"):
+            value += f"  [{metrics['threshold_source']}]"
         rows.append(f'<tr><th>{_esc(label.format(pos=pos))}</th><td class="num">{_esc(value)}</td></tr>')
     parts = ['<h2>Headline metrics</h2>', f"<table>{''.join(rows)}</table>"]
+    parts.append(_uncertainty_html(metrics, pos))
 
     warnings = metrics.get("warnings") or []
     if warnings:
@@ -155,6 +163,36 @@ def _metrics_html(metrics: Mapping[str, Any], class_names: tuple[str, str]) -> s
             f"<th>F1</th><th>support</th></tr>{body}</table>"
         )
     return "\n".join(parts)
+
+
+def _uncertainty_html(metrics: Mapping[str, Any], pos: str) -> str:
+    """How to read the intervals, the operating point and the calibration figures."""
+    notes = []
+    how = metrics.get("ci_method")
+    if isinstance(how, Mapping):
+        notes.append(
+            f"Intervals are {_esc(how.get('kind'))} 95% intervals from {_esc(how.get('n_resamples'))} resamples of the "
+            f"{_esc(how.get('n_units'))} test {_esc(how.get('unit'))}s: another test set of this size from the same "
+            "source would give figures in about this range. They do not cover a different hospital or scanner."
+        )
+    op = metrics.get("operating_point")
+    if isinstance(op, Mapping):
+        target = f" (target sensitivity {_fmt(op.get('target_sensitivity'))})" if op.get("method") == "sensitivity" else ""
+        notes.append(
+            f"The threshold was chosen by <b>{_esc(op.get('method'))}</b>{_esc(target)} on {_esc(op.get('n'))} "
+            f"validation images ({_esc(op.get('val_source', 'validation'))}), where it gave sensitivity "
+            f"{_esc(_fmt(op.get('sensitivity')))} and specificity {_esc(_fmt(op.get('specificity')))}; the test set "
+            "played no part in choosing it."
+        )
+    cal = metrics.get("calibration")
+    if isinstance(cal, Mapping):
+        notes.append(
+            f"Calibration of P({_esc(pos)}) at temperature {_esc(_fmt(metrics.get('temperature')))}: expected "
+            f"calibration error {_esc(_fmt(cal.get('ece')))}, maximum {_esc(_fmt(cal.get('mce')))} over "
+            f"{_esc(cal.get('n_bins'))} bins, Brier score {_esc(_fmt(cal.get('brier')))}. An ECE of 0.05 means "
+            "the stated probabilities are off by 5 points on average."
+        )
+    return "".join(f"<p>{n}</p>" for n in notes)
 
 
 def _confusion_table(metrics: Mapping[str, Any], class_names: tuple[str, str]) -> str:

@@ -25,7 +25,7 @@ import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
 from ..checkpoint import CLASS_NAMES, save_checkpoint
-from ..config import Config, dump_config
+from ..config import Config, _merge, dump_config
 from ..data.dataset import CachedDataset, load_splits
 from ..data.transforms import Preprocessing
 from ..errors import ConfigError, DataError
@@ -36,6 +36,43 @@ from .callbacks import ExportBest, MetricsCSV, RestoreBestWeights
 from .module import ClassifierModule
 
 log = logging.getLogger(__name__)
+
+
+def _calibrate(
+    ckpt: Path, samples: list, images: torch.Tensor, cfg: Config, precision: str, device: torch.device,
+    val_source: str, progress: bool,
+) -> dict[str, Any]:
+    """Temperature and operating point on the validation split, into best.ckpt and summary.json.
+
+    A validation split that cannot carry an operating point (one class only, say) warns and
+    keeps the configured threshold with T = 1, rather than throwing the trained model away.
+    """
+    from .calibrate import calibrate_checkpoint
+
+    if val_source == "test":
+        warnings.warn(
+            "validation is the test split: the operating point and temperature are chosen on it too",
+            stacklevel=3,
+        )
+    try:
+        result = calibrate_checkpoint(
+            ckpt, samples, cfg, precision, device, images=images, val_source=val_source, progress=progress
+        )
+    except DataError as exc:
+        warnings.warn(
+            f"operating point not chosen on validation ({exc}); keeping threshold {cfg.train.threshold} and "
+            "temperature 1",
+            stacklevel=3,
+        )
+        return {"threshold": cfg.train.threshold, "temperature": 1.0, "operating_point": None}
+    return {
+        "threshold": result.operating_point.threshold,
+        "temperature": result.temperature,
+        "operating_point": result.operating_point.to_dict(),
+        "val_calibration_raw": result.val_calibration_raw,
+        "val_calibration": result.val_calibration,
+        "calibration_summary": result.summary_line(),
+    }
 
 
 @dataclass
@@ -99,7 +136,9 @@ def _check_same_config(cfg: Config, saved: Path) -> None:
 
     if not saved.is_file():
         raise DataError(f"{saved}: missing; cannot check that --resume continues the same configuration")
-    old, new = _flatten(read_yaml(saved)), _flatten(cfg.to_dict())
+    # Sections added since the run started (defaults) are not a change of configuration.
+    old = _flatten(_merge(Config().to_dict(), read_yaml(saved)))
+    new = _flatten(cfg.to_dict())
     changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
     if changed:
         k = changed[0]
@@ -190,6 +229,7 @@ def train(
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
 
+    trained_now = False
     for stage in cfg.train.stages:
         if stage.name in run_state["completed"]:
             best_file = state_dir / f"{stage.name}-best.safetensors"
@@ -202,6 +242,7 @@ def train(
             run_state["completed"].append(stage.name)
             continue
         model.set_trainable(stage.trainable_from)
+        trained_now = True
         module = ClassifierModule(
             model, prep, stage, cfg.data.augment, weights, cfg.train.label_smoothing, cfg.train.head_l2, channels_last,
             ema_decay=cfg.train.ema_decay,
@@ -241,6 +282,12 @@ def train(
     ckpt = out / "best.ckpt"
     if not ckpt.is_file():
         raise DataError(f"{out}: training finished without a validation result; no checkpoint was written")
+    if trained_now or "calibration" not in run_state:
+        run_state["calibration"] = _calibrate(
+            ckpt, splits.val, val_ds.images, cfg, precision, device, splits.val_source, progress
+        )
+        atomic_write_text(progress_file, json.dumps(run_state, indent=2))  # a finished run is not redone
+    calibration = run_state["calibration"]
     seconds = time.perf_counter() - t0
     summary = {
         "backbone": cfg.model.backbone,
@@ -256,6 +303,7 @@ def train(
         "best_val_loss": run_state["best_val_loss"],
         "best_epoch": run_state["best_epoch"],
         "epochs_run": run_state["epoch_offset"],
+        **calibration,
         "seconds": round(seconds, 1),
     }
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))

@@ -1,0 +1,217 @@
+"""After training: fit the temperature and choose the threshold on validation, store both.
+
+:func:`calibrate_checkpoint` is what ``train`` runs after its last stage and what
+``pneumoscope calibrate`` runs on an existing checkpoint. It only ever sees validation images
+(the patient-level split of train, or the dataset's ``val/``), never the test split, so test
+figures computed at the stored threshold stay honest.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..checkpoint import load_checkpoint, update_checkpoint
+from ..config import Config
+from ..data.dataset import Sample, decode_images
+from ..evaluation.calibration import calibration_summary, fit_temperature
+from ..evaluation.operating_point import OperatingPoint, choose_operating_point
+
+log = logging.getLogger(__name__)
+
+#: Below this many validation images of either class the chosen threshold is mostly noise.
+MIN_PER_CLASS = 50
+
+
+@dataclass
+class CalibrationResult:
+    """What :func:`calibrate_checkpoint` stored and how it looked on validation."""
+
+    checkpoint: Path
+    temperature: float
+    operating_point: OperatingPoint
+    val_source: str
+    val_calibration_raw: dict[str, Any]  # ECE etc. at T = 1
+    val_calibration: dict[str, Any]  # at the fitted temperature
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "temperature": self.temperature,
+            "operating_point": self.operating_point.to_dict(),
+            "val_source": self.val_source,
+            "val_calibration_raw": self.val_calibration_raw,
+            "val_calibration": self.val_calibration,
+        }
+
+    def summary_line(self) -> str:
+        op = self.operating_point
+        target = f" (target {op.target_sensitivity:g}+{op.margin:g})" if op.method == "sensitivity" else ""
+        return (
+            f"operating point {op.method}{target}: threshold {op.threshold:.4f}, validation sensitivity "
+            f"{op.sensitivity:.3f}, specificity {op.specificity:.3f} (n={op.n}); temperature "
+            f"{self.temperature:.4g}, validation ECE {self.val_calibration_raw['ece']:.3f} → "
+            f"{self.val_calibration['ece']:.3f}"
+        )
+
+
+def calibrate_checkpoint(
+    ckpt_path: str | Path,
+    samples: Sequence[Sample],
+    cfg: Config,
+    precision: str = "auto",
+    device: str | torch.device = "auto",
+    *,
+    out: str | Path | None = None,
+    images: torch.Tensor | None = None,
+    val_source: str = "split",
+    batch_size: int = 64,
+    progress: bool = False,
+) -> CalibrationResult:
+    """Fit T and choose the threshold on ``samples``; rewrite the checkpoint with both.
+
+    Args:
+        ckpt_path: The checkpoint (weights are not changed).
+        samples: Validation samples, with labels. Never the test split.
+        cfg: Uses ``cfg.calibration`` (temperature on/off, bins), ``cfg.operating_point``
+            (method, target sensitivity, margin) and ``cfg.train.threshold`` (method fixed).
+        precision: ``auto``/``fp32``/``bf16``.
+        device: ``auto``/``cpu``/``cuda[:N]``.
+        out: Where to write; default: ``ckpt_path`` itself, replaced atomically.
+        images: The samples already decoded at the checkpoint's size (N, S, S) uint8, to skip
+            decoding (``train`` has them in memory).
+        val_source: Recorded with the operating point (``split`` or ``val``).
+        batch_size: Inference batch size.
+        progress: Progress bars.
+
+    Raises:
+        DataError: Validation images of one class only, or scores that separate nothing
+            (method youden); the checkpoint is then left as it was.
+    """
+    from ..evaluation.evaluate import image_logits
+    from ..inference import Predictor
+
+    predictor = Predictor(load_checkpoint(ckpt_path), device=str(device), precision=precision, batch_size=batch_size)
+    if images is None:
+        images = decode_images([s.path for s in samples], predictor.ckpt.preprocessing, progress, desc="decoding val")
+    logits = image_logits(predictor, images, progress)
+    labels = np.array([s.label for s in samples], dtype=np.int64)
+    pos = predictor.ckpt.positive_index
+    raw_prob = logits.softmax(1)[:, pos].numpy().astype(np.float64)
+    n_bins = cfg.calibration.n_bins
+    before = calibration_summary(labels, raw_prob, n_bins)
+    t = fit_temperature(logits.numpy(), labels) if cfg.calibration.temperature else 1.0
+    prob = (logits / t).softmax(1)[:, pos].numpy().astype(np.float64)
+    op_cfg = cfg.operating_point
+    op = choose_operating_point(
+        labels, prob, op_cfg.method, target_sensitivity=op_cfg.target_sensitivity,
+        margin=op_cfg.sensitivity_margin, threshold=cfg.train.threshold,
+    )
+    if op.method != "fixed" and min(op.n_positive, op.n_negative) < MIN_PER_CLASS:
+        warnings.warn(
+            f"operating point chosen on only {op.n_positive} PNEUMONIA and {op.n_negative} NORMAL validation "
+            f"images; with fewer than {MIN_PER_CLASS} of a class the threshold will move a lot on new data",
+            stacklevel=2,
+        )
+    result = CalibrationResult(
+        checkpoint=Path(out if out is not None else ckpt_path),
+        temperature=t,
+        operating_point=op,
+        val_source=val_source,
+        val_calibration_raw=before,
+        val_calibration=calibration_summary(labels, prob, n_bins),
+    )
+    record = {**op.to_dict(), "val_source": val_source}
+    update_checkpoint(
+        ckpt_path, out, threshold=op.threshold, temperature=t, operating_point=record,
+        info={"calibration": result.to_dict()},
+    )
+    log.info(result.summary_line())
+    return result
+
+
+def recalibrate(
+    checkpoint: str | Path,
+    data: str | Path,
+    *,
+    out: str | Path | None = None,
+    val_source: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    precision: str = "auto",
+    device: str = "auto",
+    batch_size: int = 64,
+    progress: bool = False,
+) -> CalibrationResult:
+    """``pneumoscope calibrate``: redo temperature and operating point of a trained checkpoint.
+
+    The validation images are those the checkpoint was trained with: ``split`` re-derives the
+    patient-level split of ``data``'s train images from the checkpoint's stored config (its seed
+    and val_fraction) and, when the run folder's ``splits.csv`` sits next to the checkpoint,
+    checks that it gives the same images; ``val`` uses ``data``'s own ``val/``.
+
+    Args:
+        checkpoint: The checkpoint to recalibrate.
+        data: The dataset it was trained on (root or manifest).
+        out: New checkpoint path; default: replace ``checkpoint`` in place.
+        val_source: ``split`` or ``val``; default: what training used.
+        overrides: Dotted config keys over the stored config, e.g.
+            ``{"operating_point.method": "sensitivity"}``.
+        precision, device, batch_size, progress: Inference settings.
+
+    Raises:
+        ConfigError: ``val_source`` test, or bad overrides.
+        DataError: The re-derived split differs from ``splits.csv``, or validation data unusable.
+        CheckpointError: Unreadable checkpoint, or no stored config to re-derive the split from.
+    """
+    from ..checkpoint import read_metadata
+    from ..config import config_with_overrides
+    from ..data.dataset import load_splits
+    from ..errors import CheckpointError, ConfigError
+
+    ckpt = Path(checkpoint)
+    meta = read_metadata(ckpt)
+    stored = meta.get("config") or {}
+    source = val_source or stored.get("data", {}).get("val_source", "split")
+    if source not in ("split", "val"):
+        raise ConfigError(
+            f"--val-source {source}: the operating point must be chosen on validation data (split or val), "
+            "never on the test split it will be evaluated on"
+        )
+    if source == "split" and not stored:
+        raise CheckpointError(f"{ckpt}: stores no training config to re-derive its validation split from; "
+                              "pass --val-source val")
+    cfg = config_with_overrides(stored, overrides)
+    splits = load_splits(data, source, cfg.data.val_fraction, cfg.train.seed)
+    if source == "split":
+        _check_stored_split(ckpt.parent / "splits.csv", splits.val, data)
+    if out is not None and Path(out).resolve() == ckpt.resolve():
+        out = None
+    return calibrate_checkpoint(
+        ckpt, splits.val, cfg, precision, device, out=out, val_source=source, batch_size=batch_size, progress=progress
+    )
+
+
+def _check_stored_split(splits_csv: Path, val: Sequence[Sample], data: str | Path) -> None:
+    """The re-derived validation split must be the one training wrote to ``splits.csv``."""
+    import csv
+
+    from ..data.dataset import CLASS_NAMES
+    from ..errors import DataError
+
+    if not splits_csv.is_file():
+        return
+    with open(splits_csv, newline="", encoding="utf-8") as fh:
+        stored = {(Path(r["path"]).name, r["label"]) for r in csv.DictReader(fh) if r.get("split") == "val"}
+    derived = {(s.path.name, CLASS_NAMES[s.label]) for s in val}
+    if stored != derived:
+        raise DataError(
+            f"{data}: its patient-level validation split ({len(derived)} images) is not the one in {splits_csv} "
+            f"({len(stored)} images, {len(stored ^ derived)} differ); is this the dataset the checkpoint was "
+            "trained on?"
+        )
