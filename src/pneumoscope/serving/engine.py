@@ -61,8 +61,9 @@ class InferenceEngine:
         self.predictor = predictor
         self.batch_size = max(1, batch_size)
         self.max_pending = max(1, max_pending)
-        self._model_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pneumoscope-model")
-        self._cpu_pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="pneumoscope-cpu")
+        self.workers = max(1, workers)
+        self._model_pool: ThreadPoolExecutor | None = None
+        self._cpu_pool: ThreadPoolExecutor | None = None
         self._jobs: collections.deque[_Job] = collections.deque()
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
@@ -72,6 +73,9 @@ class InferenceEngine:
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
+        """Start the pools and the batcher (the app's lifespan does; restartable after stop)."""
+        self._model_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pneumoscope-model")
+        self._cpu_pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="pneumoscope-cpu")
         self._wake = asyncio.Event()
         self._task = asyncio.create_task(self._run(), name="pneumoscope-batcher")
 
@@ -87,8 +91,10 @@ class InferenceEngine:
             job = self._jobs.popleft()
             if not job.future.done():
                 job.future.set_exception(ApiError(503, "the server is shutting down"))
-        self._model_pool.shutdown(wait=True, cancel_futures=True)
-        self._cpu_pool.shutdown(wait=True, cancel_futures=True)
+        for pool in (self._model_pool, self._cpu_pool):
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+        self._model_pool = self._cpu_pool = None
 
     # ------------------------------------------------------------------ admission
 
@@ -110,6 +116,8 @@ class InferenceEngine:
 
     async def run_cpu(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run ``fn`` on the decode/render pool, off the event loop."""
+        if self._cpu_pool is None:
+            raise RuntimeError("InferenceEngine.start() was not awaited (use the app's lifespan)")
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._cpu_pool, functools.partial(fn, *args, **kwargs))
 
