@@ -504,3 +504,18 @@ def test_saturated_server_answers_503(tiny_ckpt, phantoms) -> None:
     first, second = asyncio.run(main())
     assert first.status_code == 200
     assert "busy" in error_of(second, 503) and second.headers["retry-after"] == "1"
+
+
+def test_works_without_lifespan_events(tiny_ckpt, phantoms) -> None:
+    """ASGI servers run with lifespan off still get a working engine (started on first use)."""
+    import httpx2
+
+    app = create_app(tiny_ckpt, settings())
+
+    async def main():
+        async with httpx2.AsyncClient(transport=httpx2.ASGITransport(app=app), base_url="http://t") as c:
+            r = await c.post("/api/predict", files=one("a.png", phantoms[0].read_bytes()))
+        await app.state.engine.stop()
+        return r
+
+    assert asyncio.run(main()).status_code == 200

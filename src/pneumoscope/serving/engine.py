@@ -74,6 +74,8 @@ class InferenceEngine:
 
     async def start(self) -> None:
         """Start the pools and the batcher (the app's lifespan does; restartable after stop)."""
+        if self._task is not None:
+            return
         self._model_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pneumoscope-model")
         self._cpu_pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="pneumoscope-cpu")
         self._wake = asyncio.Event()
@@ -117,7 +119,8 @@ class InferenceEngine:
     async def run_cpu(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run ``fn`` on the decode/render pool, off the event loop."""
         if self._cpu_pool is None:
-            raise RuntimeError("InferenceEngine.start() was not awaited (use the app's lifespan)")
+            await self.start()  # an ASGI server run without lifespan events
+        assert self._cpu_pool is not None
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._cpu_pool, functools.partial(fn, *args, **kwargs))
 
@@ -129,7 +132,8 @@ class InferenceEngine:
 
     async def _submit(self, kind: str, method: str, grays: list[np.ndarray]) -> list[ModelOutput]:
         if self._task is None or self._wake is None:
-            raise RuntimeError("InferenceEngine.start() was not awaited (use the app's lifespan)")
+            await self.start()  # an ASGI server run without lifespan events
+        assert self._wake is not None
         future = asyncio.get_running_loop().create_future()
         self._jobs.append(_Job(kind, method, list(grays), future))
         self._wake.set()
