@@ -340,6 +340,39 @@ def demo(
     _say(f"report: {r.report}  ({r.seconds:.0f} s)")
 
 
+@app.command()
+@user_errors
+def serve(
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="A best.ckpt from `pneumoscope train`."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Interface to bind; anything but loopback needs --api-key."),
+    port: int = typer.Option(8000, "--port"),
+    api_key: Optional[str] = typer.Option(
+        None, "--api-key", envvar="PNEUMOSCOPE_API_KEY", show_envvar=True,
+        help="Require this key on every /api/ call (X-API-Key or Authorization: Bearer).",
+    ),
+    max_upload_mb: float = typer.Option(50.0, "--max-upload-mb", help="Largest request body (all files), MB."),
+    max_megapixels: float = typer.Option(100.0, "--max-megapixels", help="Largest image, width x height in millions."),
+    max_files: int = typer.Option(16, "--max-files", help="Most files in one request."),
+    batch_size: int = typer.Option(16, "--batch-size", help="Most images per model call (waiting requests are batched)."),
+    workers: int = typer.Option(2, "--workers", help="Threads decoding uploads and rendering overlays."),
+    max_pending: int = typer.Option(256, "--max-pending", help="Most images queued at once before 503."),
+    precision: Precision = typer.Option(Precision.auto, "--precision"),
+    device: str = typer.Option("auto", "--device"),
+) -> None:
+    """Web viewer and HTTP API (FastAPI + uvicorn); the model is loaded once."""
+    from .serving import ServeSettings
+    from .serving import serve as run_server
+
+    settings = ServeSettings(
+        host=host, port=port, api_key=api_key, device=device, precision=precision.value,
+        max_upload_mb=max_upload_mb, max_megapixels=max_megapixels, max_files=max_files,
+        batch_size=batch_size, workers=workers, max_pending=max_pending,
+    ).validate()  # refuse a bad flag (or a public host without a key) before loading the model
+    shown = f"[{host}]" if ":" in host else host
+    _say(f"serving {checkpoint} at http://{shown}:{port}/  (API docs: /docs; Ctrl-C to stop)")
+    run_server(checkpoint, settings)
+
+
 @app.command("models")
 def models_cmd() -> None:
     """List the registered models."""

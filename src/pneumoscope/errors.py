@@ -22,6 +22,10 @@ class ImageReadError(PneumoscopeError, ValueError):
         super().__init__(f"{path}: {problem}")
 
 
+class ImageTooLargeError(ImageReadError):
+    """An input image exceeds a size limit (pixels or bytes); raised before decoding its pixels."""
+
+
 class DataError(PneumoscopeError, ValueError):
     """A dataset folder or manifest is missing, empty or malformed."""
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pneumoscope.errors import ImageReadError
+from pneumoscope.errors import ImageReadError, ImageTooLargeError
 
 _EXPECTED = "expected a JPEG, PNG or DICOM image"
 
@@ -26,13 +26,13 @@ def _one_line(exc: BaseException) -> str:
     return line if len(line) <= 200 else line[:197] + "..."
 
 
-def _check_dimensions(p: Path, width: int, height: int, max_pixels: int) -> None:
+def _check_dimensions(p: Path | str, width: int, height: int, max_pixels: int) -> None:
     if width <= 0 or height <= 0:
         raise ImageReadError(
             p, f"image has a zero dimension ({width}x{height} pixels); expected a non-empty image"
         )
     if width * height > max_pixels:
-        raise ImageReadError(
+        raise ImageTooLargeError(
             p,
             f"image is {width}x{height} = {width * height:,} pixels, more than the limit of "
             f"{max_pixels:,} (max_pixels); refusing to decode it (possible decompression bomb)",

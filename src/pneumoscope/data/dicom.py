@@ -13,6 +13,7 @@ The public entry points are :func:`pneumoscope.data.io.read_image`,
 
 from __future__ import annotations
 
+import io
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -52,8 +53,17 @@ _DICOM_EVIDENCE = ("SOPClassUID", "Rows", "Columns", "StudyInstanceUID", "Modali
 _PIXEL_DATA_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 
 
-def _looks_like_raw_dicom(p: Path, head: bytes) -> bool:
-    """Recognise a DICOM dataset written without preamble and ``DICM`` marker."""
+def _source(p: Path, data: bytes | None) -> Path | io.BytesIO:
+    """What pydicom reads: the file, or a fresh in-memory stream over uploaded bytes."""
+    return p if data is None else io.BytesIO(data)
+
+
+def _looks_like_raw_dicom(p: Path, head: bytes, data: bytes | None = None) -> bool:
+    """Recognise a DICOM dataset written without preamble and ``DICM`` marker.
+
+    ``p`` names the input in messages; ``data``, when given, holds its bytes (an upload
+    that never touches the disk) and is read instead of the file.
+    """
     if len(head) < 8:
         return False
     # A raw dataset starts with a group 0x0000 (command), 0x0002 (meta) or 0x0008 element
@@ -62,7 +72,7 @@ def _looks_like_raw_dicom(p: Path, head: bytes) -> bool:
     if head[:2] not in (b"\x00\x00", b"\x02\x00", b"\x08\x00", b"\x00\x02", b"\x00\x08"):
         return False
     try:
-        ds = pydicom.dcmread(p, force=True, stop_before_pixels=True)
+        ds = pydicom.dcmread(_source(p, data), force=True, stop_before_pixels=True)
     except MemoryError:
         raise
     except Exception:
@@ -77,12 +87,15 @@ def _has_dicom_evidence(ds: Dataset) -> bool:
         return False
 
 
-def _parse_dicom(p: Path, *, has_marker: bool) -> Dataset:
-    """dcmread with user-facing errors; sets a missing Transfer Syntax UID."""
+def _parse_dicom(p: Path, *, has_marker: bool, data: bytes | None = None) -> Dataset:
+    """dcmread with user-facing errors; sets a missing Transfer Syntax UID.
+
+    ``data``, when given, is parsed instead of the file ``p`` (which then only names it).
+    """
     try:
         # force is needed for preamble-less files; with a marker present keep pydicom's
         # own validation.
-        ds = pydicom.dcmread(p, force=not has_marker)
+        ds = pydicom.dcmread(_source(p, data), force=not has_marker)
     except InvalidDicomError as exc:
         raise ImageReadError(
             p, f"not a valid DICOM file ({_one_line(exc)}); {_EXPECTED}"

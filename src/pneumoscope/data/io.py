@@ -23,6 +23,7 @@ naming the file and what was expected, never as a raw library exception.
 
 from __future__ import annotations
 
+import io
 import os
 import stat
 from collections.abc import Sequence
@@ -32,7 +33,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 from pydicom.dataset import Dataset
 
-from pneumoscope.errors import DataError, ImageReadError
+from pneumoscope.errors import DataError, ImageReadError, ImageTooLargeError
 
 from ._common import _EXPECTED, _LUMA, _check_dimensions, _finish, _min_max, _one_line
 from .dicom import (
@@ -49,7 +50,9 @@ __all__ = [
     "is_dicom",
     "list_images",
     "read_dicom",
+    "read_dicom_bytes",
     "read_image",
+    "read_image_bytes",
     "to_uint8",
 ]
 
@@ -98,23 +101,66 @@ def read_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.
             decoder installed, has a zero dimension, or exceeds ``max_pixels``.
         ValueError: ``max_pixels`` is not a positive integer (a programming error).
     """
-    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
-        raise ValueError(f"max_pixels must be a positive integer, got {max_pixels!r}")
+    _check_max_pixels(max_pixels)
     p = _check_file(path)
-    head = _read_head(p)
+    return _decode(p, _read_head(p), None, max_pixels)
+
+
+def read_image_bytes(
+    data: bytes, name: str = "upload", *, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> np.ndarray:
+    """Like :func:`read_image`, for an image held in memory (an upload); nothing touches the disk.
+
+    The bytes go through exactly the same format detection and decoding as a file, so the
+    result and every error message are the same as for the same bytes saved to a file.
+
+    Args:
+        data: The encoded image (JPEG, PNG, BMP, TIFF or DICOM, as its file would hold it).
+        name: What to call the input in messages (an upload's file name); only its last
+            path component is used, and its suffix counts like a file's (``.dcm``).
+        max_pixels: As for :func:`read_image`.
+
+    Returns:
+        A C-contiguous ``(H, W)`` ``float32`` array in ``[0, 1]`` with bright bone.
+
+    Raises:
+        ImageReadError: As for :func:`read_image`; :class:`~pneumoscope.errors.ImageTooLargeError`
+            (a subclass) when the image exceeds ``max_pixels``.
+    """
+    _check_max_pixels(max_pixels)
+    label = _label(name)
+    data = bytes(data)
+    if not data:
+        raise ImageReadError(label, f"file is empty (0 bytes); {_EXPECTED}")
+    return _decode(label, data[:_HEAD_BYTES], data, max_pixels)
+
+
+def _decode(p: Path, head: bytes, data: bytes | None, max_pixels: int) -> np.ndarray:
+    """The one decoding path: ``data`` (in memory) when given, else the file ``p``."""
     if _has_dicm_marker(head):
-        ds = _parse_dicom(p, has_marker=True)
+        ds = _parse_dicom(p, has_marker=True, data=data)
         return _dicom_to_gray(ds, p, max_pixels)
 
-    image = _open_with_pillow(p)
+    image = _open_with_pillow(p, data)
     if image is not None:
         with image:
             return _pil_to_gray(image, p, max_pixels)
 
-    if p.suffix.lower() in _DICOM_SUFFIXES or _looks_like_raw_dicom(p, head):
-        ds = _parse_dicom(p, has_marker=False)
+    if p.suffix.lower() in _DICOM_SUFFIXES or _looks_like_raw_dicom(p, head, data):
+        ds = _parse_dicom(p, has_marker=False, data=data)
         return _dicom_to_gray(ds, p, max_pixels)
     raise ImageReadError(p, f"not a recognised image ({_describe_head(head)}); {_EXPECTED_ANY}")
+
+
+def _check_max_pixels(max_pixels: int) -> None:
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
+        raise ValueError(f"max_pixels must be a positive integer, got {max_pixels!r}")
+
+
+def _label(name: str) -> Path:
+    """An upload's name reduced to its last component (client paths mean nothing here)."""
+    base = str(name or "").replace("\\", "/").rsplit("/", 1)[-1].strip()
+    return Path(base or "upload")
 
 
 def read_dicom(path: str | Path) -> Dataset:
@@ -136,6 +182,21 @@ def read_dicom(path: str | Path) -> Dataset:
     p = _check_file(path)
     ds = _parse_dicom(p, has_marker=_has_dicm_marker(_read_head(p)))
     _require_pixel_data(ds, p)
+    return ds
+
+
+def read_dicom_bytes(data: bytes, name: str = "upload") -> Dataset:
+    """Like :func:`read_dicom`, for a DICOM file held in memory (an upload).
+
+    Raises:
+        ImageReadError: The bytes are empty, not DICOM, truncated, or have no pixel data.
+    """
+    label = _label(name)
+    data = bytes(data)
+    if not data:
+        raise ImageReadError(label, f"file is empty (0 bytes); {_EXPECTED}")
+    ds = _parse_dicom(label, has_marker=_has_dicm_marker(data[:_HEAD_BYTES]), data=data)
+    _require_pixel_data(ds, label)
     return ds
 
 
@@ -270,14 +331,17 @@ def _describe_head(head: bytes) -> str:
 # ----------------------------------------------------------------------------- Pillow
 
 
-def _open_with_pillow(p: Path) -> Image.Image | None:
-    """Open (header only) with Pillow; None if Pillow does not recognise the format."""
+def _open_with_pillow(p: Path, data: bytes | None = None) -> Image.Image | None:
+    """Open (header only) with Pillow; None if Pillow does not recognise the format.
+
+    ``data``, when given, is opened instead of the file ``p`` (which then only names it).
+    """
     try:
-        return Image.open(p, formats=_PIL_FORMATS)
+        return Image.open(p if data is None else io.BytesIO(data), formats=_PIL_FORMATS)
     except UnidentifiedImageError:
         return None
     except Image.DecompressionBombError as exc:
-        raise ImageReadError(
+        raise ImageTooLargeError(
             p, f"image is too large to decode safely ({_one_line(exc)}); {_EXPECTED}"
         ) from None
     except MemoryError:

@@ -85,3 +85,33 @@ def render_overlay(gray: np.ndarray, raw: np.ndarray, style: str = "hotspot") ->
     from ..errors import ConfigError
 
     raise ConfigError(f"unknown overlay style {style!r}; expected one of {', '.join(STYLES)}")
+
+
+#: The opacity each style blends its colour layer with (what :func:`render_overlay` draws).
+DEFAULT_OPACITY = {"hotspot": 0.18, "heatmap": 0.4}
+
+
+def heat_layer(raw: np.ndarray, shape: tuple[int, int], style: str = "hotspot") -> np.ndarray:
+    """The colour layer of an overlay as (H, W, 4) uint8 RGBA, for blending in a viewer.
+
+    Drawn over the grey image with opacity :data:`DEFAULT_OPACITY` ``[style]`` it gives
+    :func:`render_overlay`'s picture (up to rounding); a viewer can vary the opacity instead.
+    ``hotspot`` is pure red with alpha = the hotspot activation; ``heatmap`` is opaque jet.
+    """
+    if style == "hotspot":
+        a = hotspot_activation(raw, shape)
+        out = np.zeros((*shape, 4), dtype=np.uint8)
+        out[..., 0] = 255
+        out[..., 3] = np.round(np.clip(a, 0, 1) * 255).astype(np.uint8)
+        return out
+    if style == "heatmap":
+        from matplotlib import colormaps
+
+        m = resize_map(np.asarray(raw, dtype=np.float32), shape)
+        lo, hi = float(m.min()), float(m.max())
+        m = (m - lo) / (hi - lo) if hi > lo else np.zeros_like(m)
+        colour = np.round(colormaps["jet"](m)[..., :3] * 255).astype(np.uint8)
+        return np.concatenate([colour, np.full((*shape, 1), 255, dtype=np.uint8)], axis=2)
+    from ..errors import ConfigError
+
+    raise ConfigError(f"unknown overlay style {style!r}; expected one of {', '.join(STYLES)}")
