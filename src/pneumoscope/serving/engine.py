@@ -203,7 +203,7 @@ class InferenceEngine:
             targets = torch.tensor([names.index(p.label_of(prob)) for prob in probs])
             exp = explain(
                 p.ckpt.model, x, method=method, layer=p.ckpt.target_layer, target=targets,
-                precision=p.precision, class_names=names,
+                precision=p.precision, class_names=names, temperature=p.temperature,
             )
             raws = exp.raw.float().cpu().numpy()
             out.extend(ModelOutput(prob, raws[k]) for k, prob in enumerate(probs))
