@@ -186,3 +186,11 @@ def test_select_last_exports_the_final_epoch(tmp_path, synth_root):
     assert abs(r.best_val_loss - float(rows[-1]["val_loss"])) < 1e-4
     with pytest.raises(ConfigError, match="select"):
         load_config(None, {**TINY, "train.select": "median"})
+
+
+def test_without_progress_bars_each_epoch_prints_one_line(tmp_path, synth_root, capsys):
+    cfg = load_config(None, TINY)
+    train(cfg, synth_root, tmp_path / "run", progress=False)
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("epoch ")]
+    assert [ln.split(":")[0] for ln in lines] == ["epoch 1/2 (stage1)", "epoch 2/2 (stage1)", "epoch 1/1 (stage2)"]
+    assert all("val_auc" in ln for ln in lines)

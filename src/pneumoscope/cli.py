@@ -94,6 +94,7 @@ def train(
     limit_train_batches: Optional[float] = typer.Option(None, "--limit-train-batches", help="Fraction (<=1) or count of batches per epoch."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out."),
     set_: Optional[list[str]] = typer.Option(None, "--set", help="Override any config key: --set train.batch_size=16"),
+    no_progress: bool = typer.Option(False, "--no-progress", help="No progress bars (logs, CI)."),
 ) -> None:
     """Train a classifier; writes RUN/best.ckpt, config.yaml, metrics.csv."""
     from .config import load_config, parse_set_overrides
@@ -113,7 +114,7 @@ def train(
     cfg = load_config(config, overrides)
     if epochs is not None:
         cfg = _set_epochs(cfg, epochs)
-    result = run_train(cfg, data, out, resume=resume, progress=True)
+    result = run_train(cfg, data, out, resume=resume, progress=_progress() and not no_progress)
     if result.summary.get("calibration_summary"):
         _say(result.summary["calibration_summary"])
     _say(f"best val_loss {result.best_val_loss:.4f} at epoch {result.best_epoch}; checkpoint: {result.checkpoint}")

@@ -91,10 +91,14 @@ class MetricsCSV(L.Callback):
 
     FIELDS = ("epoch", "stage", "train_loss", "train_acc", "val_loss", "val_acc", "val_auc", "lr", "seconds")
 
-    def __init__(self, path: Path, stage: str, epoch_offset: int) -> None:
+    def __init__(
+        self, path: Path, stage: str, epoch_offset: int, echo: Callable[[str], None] | None = None, epochs: int = 0
+    ) -> None:
         self.path = path
         self.stage = stage
         self.epoch_offset = epoch_offset
+        self.echo = echo  # without progress bars, one line per epoch tells the user where the run is
+        self.epochs = epochs
         self._t0 = time.perf_counter()
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -116,3 +120,9 @@ class MetricsCSV(L.Callback):
             if new:
                 w.writeheader()
             w.writerow(row)
+        if self.echo is not None:
+            self.echo(
+                f"epoch {trainer.current_epoch + 1}/{self.epochs or trainer.max_epochs} ({self.stage}): "
+                f"train_loss {row['train_loss']}  val_loss {row['val_loss']}  val_acc {row['val_acc']}  "
+                f"val_auc {row['val_auc']}  lr {row['lr']}  {row['seconds']} s"
+            )

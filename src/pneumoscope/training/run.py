@@ -14,6 +14,7 @@ import csv
 import json
 import logging
 import math
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -159,6 +160,10 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def _echo(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
 def train(
     cfg: Config,
     data: str | Path,
@@ -252,7 +257,8 @@ def train(
             EarlyStopping(monitor="val_loss", mode="min", patience=stage.early_stopping_patience, min_delta=0.0),
             RestoreBestWeights(state_dir / f"{stage.name}-best.safetensors", keep_last=cfg.train.select == "last"),
             ExportBest(run_state, export, keep_last=cfg.train.select == "last"),
-            MetricsCSV(out / "metrics.csv", stage.name, run_state["epoch_offset"]),
+            MetricsCSV(out / "metrics.csv", stage.name, run_state["epoch_offset"],
+                       echo=None if progress else _echo, epochs=stage.epochs),
             last,
         ]
         with _quiet_lightning():
