@@ -138,7 +138,7 @@ def _boxes_from_masks(root, path):
         arr = np.asarray(Image.open(m)) > 127
         ys, xs = np.nonzero(arr)
         rows.append(f"{m.stem},{xs.min()},{ys.min()},{xs.max() - xs.min() + 1},{ys.max() - ys.min() + 1},1")
-    normal = sorted((root / "test" / "NORMAL").glob("*.png"))[0]
+    normal = min((root / "test" / "NORMAL").glob("*.png"))
     rows.append(f"{normal.stem},,,,,0")
     path.write_text("\n".join(rows) + "\n", encoding="utf-8")
     return path
@@ -151,7 +151,8 @@ def test_explain_eval_writes_a_table_per_method(run_cli, tiny_ckpt, synth_root, 
                      "--precision", "fp32", "--device", "cpu", "--no-progress")
     assert result.exit_code == 0, result.output
     n_test = len(list((synth_root / "test").rglob("*.png")))
-    rows = list(csv.DictReader(open(out / "explain_eval.csv", encoding="utf-8")))
+    with open(out / "explain_eval.csv", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
     assert [r["method"] for r in rows] == ["gradcam", "layercam", "scorecam", "random"]
     meta = json.loads((out / "explain_eval.json").read_text())
     assert meta["n_images"] == n_test and meta["lung_masks"] and meta["lesion_ground_truth"]

@@ -53,7 +53,7 @@ def _outside_lungs(data_root: Path, paths: list[Path], maps: Any, size: int) -> 
             continue
         if lung.is_file():
             shares.append(1.0 - float(mass_inside(m[None], read_mask(lung, size)[None])[0]))
-    vals = [v for v in shares if v == v]
+    vals = [v for v in shares if not np.isnan(v)]
     return float(np.mean(vals)) if vals else None
 
 
