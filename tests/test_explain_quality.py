@@ -218,3 +218,16 @@ def test_unknown_method_is_a_user_error(run_cli, tiny_ckpt, copy_images, tmp_pat
     assert_user_error(run_cli("predict", folder, "--checkpoint", tiny_ckpt, "--explain", out, "--method", "magic"),
                       "magic")
     assert not out.exists()
+
+
+def test_shortcut_marker_box_is_where_synth_draws_the_marker():
+    from pneumoscope.data.synth import make_phantom, shortcut_marker_box
+
+    for size in (48, 64, 128):
+        marked = make_phantom(np.random.default_rng(3), size=size, label=1, shortcut=True).image
+        plain = make_phantom(np.random.default_rng(3), size=size, label=1, shortcut=False).image
+        y0, y1, x0, x1 = shortcut_marker_box(size)
+        inside = np.zeros_like(marked, dtype=bool)
+        inside[y0:y1, x0:x1] = True
+        assert (marked[inside] == 250).all()
+        assert np.array_equal(marked[~inside], plain[~inside])

@@ -1,4 +1,4 @@
-"""Grad-CAM, computed the fast way.
+"""The CAM family, computed the fast way, and the one ``explain`` entry point for every method.
 
 One forward pass with a hook on the target layer, then ``torch.autograd.grad`` from the class
 score to that layer's activation only: no parameter gradients, no backward through the layers
@@ -29,10 +29,12 @@ class Explanation:
 
     Attributes:
         maps: (N, H, W) in [0, 1], min-max normalised per image, at the input resolution.
-        raw: (N, h, w) the map at the layer's resolution, before resizing and normalising.
+        raw: (N, h, w) the map at the layer's resolution, before resizing and normalising
+            (occlusion: at the input resolution; with ``tta``: the mean of the copies'
+            normalised maps).
         probs: (N, C) softmax probabilities of the explained forward pass.
         targets: (N,) the class each map explains.
-        method: method name; layer: the layer name it was computed at.
+        method: method name; layer: the layer name it was computed at (``input`` for occlusion).
     """
 
     maps: torch.Tensor
