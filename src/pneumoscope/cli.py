@@ -72,8 +72,16 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def _progress() -> bool:
-    return sys.stderr.isatty()
+def _progress(no_progress: bool = False) -> bool:
+    return sys.stderr.isatty() and not no_progress
+
+
+METHOD_HELP = "gradcam | gradcampp | hirescam | xgradcam | layercam | scorecam | occlusion"
+
+
+class Score(str, Enum):
+    log_prob = "log_prob"
+    logit = "logit"
 
 
 @app.command()
@@ -246,19 +254,23 @@ def predict(
     inputs: list[Path] = typer.Argument(..., help="Image files or folders (recursed)."),
     checkpoint: Path = typer.Option(..., "--checkpoint"),
     out: Optional[Path] = typer.Option(None, "--out", help="preds.csv or preds.json; default: CSV on stdout."),
-    explain_dir: Optional[Path] = typer.Option(None, "--explain", help="Also write Grad-CAM overlays here."),
+    explain_dir: Optional[Path] = typer.Option(None, "--explain", help="Also write explanation overlays here."),
+    method: str = typer.Option("gradcam", "--method", help=f"Explanation method for --explain: {METHOD_HELP}."),
     batch_size: int = typer.Option(16, "--batch-size"),
     precision: Precision = typer.Option(Precision.auto, "--precision"),
     device: str = typer.Option("auto", "--device"),
+    no_progress: bool = typer.Option(False, "--no-progress", help="No progress bars (logs, CI)."),
 ) -> None:
     """Predict NORMAL/PNEUMONIA per image; exit 0 only when every input succeeded."""
+    from .explanation.cam import canonical_method
     from .inference import write_predictions
 
+    method = canonical_method(method)
     paths, predictor = _load_inputs(inputs, checkpoint, device, precision, batch_size)
     if explain_dir is not None:
-        rows, _ = predictor.explain_files(paths, explain_dir, progress=_progress())
+        rows, _ = predictor.explain_files(paths, explain_dir, method=method, progress=_progress(no_progress))
     else:
-        rows = predictor.predict(paths, progress=_progress())
+        rows = predictor.predict(paths, progress=_progress(no_progress))
     if out is None:
         import csv
 
@@ -283,20 +295,58 @@ def explain(
     layer: Optional[str] = typer.Option(None, "--layer", help="Layer name, e.g. block5_conv3 (default: the checkpoint's)."),
     target: str = typer.Option("predicted", "--target", help="predicted | NORMAL | PNEUMONIA"),
     style: Style = typer.Option(Style.hotspot, "--style", help="hotspot (the seed's red top 5%) | heatmap (jet)."),
-    method: str = typer.Option("gradcam", "--method"),
+    method: str = typer.Option("gradcam", "--method", help=f"{METHOD_HELP}."),
+    score: Score = typer.Option(Score.log_prob, "--score", help="log_prob (the seed's) | logit (pytorch-grad-cam's)."),
+    tta: bool = typer.Option(False, "--tta", help="Smooth by averaging over flips and intensity scalings."),
     batch_size: int = typer.Option(16, "--batch-size"),
     precision: Precision = typer.Option(Precision.auto, "--precision"),
     device: str = typer.Option("auto", "--device"),
+    no_progress: bool = typer.Option(False, "--no-progress", help="No progress bars (logs, CI)."),
 ) -> None:
-    """Grad-CAM per image: overlay PNG, raw map (.npy) and a manifest.json for the run."""
+    """Explain each image (any method): overlay PNG, raw map (.npy) and a manifest.json for the run."""
+    from .explanation.cam import canonical_method
+
+    method = canonical_method(method)
     paths, predictor = _load_inputs(inputs, checkpoint, device, precision, batch_size)
     rows, manifest = predictor.explain_files(
-        paths, out, method=method, layer=layer, target=target, style=style.value, progress=_progress()
+        paths, out, method=method, layer=layer, target=target, style=style.value, score=score.value, tta=tta,
+        progress=_progress(no_progress),
     )
     failed = _report_failures(rows)
     _say(f"explained {len(rows) - failed} of {len(rows)} images; manifest: {manifest}")
     if failed:
         raise typer.Exit(1)
+
+
+@app.command("explain-eval")
+@user_errors
+def explain_eval_cmd(
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="A best.ckpt from `pneumoscope train`."),
+    data: Path = typer.Option(..., "--data", help="A split folder (…/test), a dataset root (its test/), or a CSV."),
+    out: Path = typer.Option(Path("explain-eval"), "--out", help="Folder for explain_eval.csv and .json."),
+    masks: Optional[Path] = typer.Option(None, "--masks", help="Folder of lesion-mask PNGs named like the images (default: DATA's masks/)."),
+    boxes: Optional[Path] = typer.Option(None, "--boxes", help="RSNA-format CSV: patientId,x,y,width,height,Target."),
+    lungs: Optional[Path] = typer.Option(None, "--lungs", help="Folder of lung-field masks (default: DATA's lungs/)."),
+    method: Optional[list[str]] = typer.Option(None, "--method", help=f"Repeat or comma-separate; default: the gradient methods. {METHOD_HELP}."),
+    max_images: Optional[int] = typer.Option(None, "--max-images", help="Evaluate a seeded random subset of this many images."),
+    steps: int = typer.Option(16, "--steps", help="Deletion/insertion steps."),
+    batch_size: int = typer.Option(32, "--batch-size"),
+    precision: Precision = typer.Option(Precision.auto, "--precision"),
+    device: str = typer.Option("auto", "--device"),
+    seed: int = typer.Option(0, "--seed"),
+    no_progress: bool = typer.Option(False, "--no-progress", help="No progress bars (logs, CI)."),
+) -> None:
+    """Score explanation methods: deletion/insertion AUC, pointing game, IoU, lung mass, randomisation."""
+    from .explanation.explain_eval import DEFAULT_METHODS, explain_eval
+
+    methods = [m.strip() for spec in (method or []) for m in spec.split(",") if m.strip()] or list(DEFAULT_METHODS)
+    r = explain_eval(
+        checkpoint, data, out, methods=methods, masks=masks, boxes=boxes, lungs=lungs, max_images=max_images,
+        steps=steps, batch_size=batch_size, device=device, precision=precision.value, seed=seed,
+        progress=_progress(no_progress), log=_say,
+    )
+    typer.echo(r.table)
+    _say(f"wrote {r.csv_path} and {r.json_path} ({r.seconds:.0f} s)")
 
 
 @app.command()
@@ -325,6 +375,8 @@ def demo(
     seed: int = typer.Option(0, "--seed"),
     precision: Precision = typer.Option(Precision.auto, "--precision"),
     replace: bool = typer.Option(False, "--replace", help="Replace an earlier demo in --out."),
+    method: str = typer.Option("gradcam", "--method", help=f"Explanation method of the report: {METHOD_HELP}."),
+    no_shortcut: bool = typer.Option(False, "--no-shortcut", help="Skip the shortcut check (a second small model)."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bars (logs, CI)."),
 ) -> None:
     """synth → train → evaluate → explain → report.html, in a few minutes on a laptop CPU."""
@@ -332,12 +384,16 @@ def demo(
 
     r = run_demo(
         out, data, n=n, seed=seed, overrides={"train.precision": precision.value},
-        progress=_progress() and not no_progress, log=_say, replace=replace,
+        progress=_progress(no_progress), log=_say, replace=replace, method=method, shortcut=not no_shortcut,
     )
     m = r.metrics
     _say(f"accuracy {m['accuracy']:.3f}  ROC AUC {m['roc_auc']:.3f}")
     if r.localisation:
-        _say(f"Grad-CAM pointing game on lesions: {r.localisation['pointing']:.0%} of {r.localisation['n']} images")
+        _say(f"{method} pointing game on lesions: {r.localisation['pointing']:.0%} of {r.localisation['n']} images")
+    if r.shortcut is not None:
+        c = r.shortcut
+        _say(f"shortcut model: accuracy {c.accuracy_marked:.0%} with the marker, {c.accuracy_clean:.0%} without; "
+             f"its maps peak on the marker in {c.on_marker:.0%}")
     _say(f"report: {r.report}  ({r.seconds:.0f} s)")
 
 

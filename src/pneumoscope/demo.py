@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -33,12 +34,36 @@ KAGGLE_CREDIT = (
 )
 
 
+METHOD_TITLES = {
+    "gradcam": "Grad-CAM", "gradcampp": "Grad-CAM++", "hirescam": "HiResCAM", "xgradcam": "XGradCAM",
+    "layercam": "LayerCAM", "scorecam": "Score-CAM", "occlusion": "occlusion",
+}
+
+
+def _outside_lungs(data_root: Path, paths: list[Path], maps: Any, size: int) -> float | None:
+    """Mean share of map mass outside the lung fields, for images with a lung mask."""
+    from .explanation.groundtruth import read_mask
+    from .explanation.quality import mass_inside
+
+    shares = []
+    for p, m in zip(paths, maps.cpu().numpy()):
+        try:
+            lung = data_root / "lungs" / p.relative_to(data_root)
+        except ValueError:
+            continue
+        if lung.is_file():
+            shares.append(1.0 - float(mass_inside(m[None], read_mask(lung, size)[None])[0]))
+    vals = [v for v in shares if not np.isnan(v)]
+    return float(np.mean(vals)) if vals else None
+
+
 @dataclass
 class DemoResult:
     report: Path
     metrics: dict[str, Any]
     localisation: dict[str, Any] | None
     seconds: float
+    shortcut: Any = None  # a pneumoscope.shortcut.ShortcutCheck when the check ran
 
 
 def _mask_path(data_root: Path, img: Path) -> Path | None:
@@ -89,11 +114,18 @@ def run_demo(
     progress: bool = True,
     log: Callable[[str], None] = lambda s: None,
     replace: bool = False,
+    method: str = "gradcam",
+    shortcut: bool = True,
 ) -> DemoResult:
     """Run the whole pipeline into ``out`` and return the report path and figures.
 
     ``replace`` deletes ``out`` first, but only if an earlier demo wrote it (marker file).
+    ``method`` is the explanation method of the gallery and the localisation scores;
+    ``shortcut`` adds the shortcut check (synthetic data only; a second small model).
     """
+    from .explanation.cam import canonical_method
+
+    method = canonical_method(method)
 
     t0 = time.perf_counter()
     out = Path(out)
@@ -105,7 +137,7 @@ def run_demo(
     out.mkdir(parents=True, exist_ok=True)
     (out / MARKER).write_text("written by `pneumoscope demo`; --replace may delete this folder\n")
     try:
-        return _run(out, data, n, size, difficulty, seed, config, overrides, progress, log, t0)
+        return _run(out, data, n, size, difficulty, seed, config, overrides, progress, log, t0, method, shortcut)
     except BaseException:
         # A failed demo leaves nothing half-written behind.
         shutil.rmtree(out, ignore_errors=True)
@@ -124,6 +156,8 @@ def _run(
     progress: bool,
     log: Callable[[str], None],
     t0: float,
+    method: str = "gradcam",
+    shortcut: bool = True,
 ) -> DemoResult:
     from .data.synth import synth_dataset
 
@@ -148,13 +182,13 @@ def _run(
     ev = evaluate(result.checkpoint, data_root, out / "eval", progress=progress, precision=cfg.train.precision)
     log(f"      accuracy {ev.metrics['accuracy']:.3f}, ROC AUC {ev.metrics['roc_auc']:.3f}")
 
-    log("[4/5] explaining the test images (Grad-CAM)")
+    log(f"[4/5] explaining the test images ({METHOD_TITLES[method]})")
     predictor = Predictor(result.checkpoint, precision=cfg.train.precision)
     prep = predictor.ckpt.preprocessing
     raws: list[np.ndarray] = []
     for i in range(0, len(ev.images), 64):
         exp = explain(
-            predictor.ckpt.model, prep.normalize(ev.images[i : i + 64]).to(predictor.device),
+            predictor.ckpt.model, prep.normalize(ev.images[i : i + 64]).to(predictor.device), method=method,
             layer=predictor.ckpt.target_layer, threshold=predictor.threshold, precision=predictor.precision,
             temperature=predictor.temperature,
         )
@@ -177,10 +211,19 @@ def _run(
         # Localisation asks whether the model's PNEUMONIA evidence sits on the lesion, so it
         # explains that class for every lesion image, including the ones the model missed.
         x = prep.normalize(ev.images[with_mask]).to(predictor.device)
-        lesion = explain(predictor.ckpt.model, x, layer=predictor.ckpt.target_layer, target="PNEUMONIA",
+        lesion = explain(predictor.ckpt.model, x, method=method, layer=predictor.ckpt.target_layer, target="PNEUMONIA",
                          precision=predictor.precision, class_names=predictor.ckpt.class_names,
                          temperature=predictor.temperature)
         loc = localisation_scores(list(lesion.raw.cpu().numpy()), [masks[i] for i in with_mask])  # type: ignore[misc]
+        loc["outside_lungs"] = _outside_lungs(data_root, [ev.samples[i].path for i in with_mask], lesion.maps, prep.image_size)
+
+    check = None
+    if synthetic and shortcut:
+        from .shortcut import run_shortcut_check
+
+        log("      shortcut check: training a small model on phantoms with a PNEUMONIA corner marker")
+        check = run_shortcut_check(out / "shortcut", seed=seed, method=method, precision=cfg.train.precision,
+                                   progress=progress, log=log)
 
     log("[5/5] writing the report")
     picks = select_gallery(ev.labels, ev.probs, predictor.threshold)
@@ -197,10 +240,27 @@ def _run(
         sections.append((
             "Do the explanations point at the lesions?",
             f"<p>On the {loc['n']} PNEUMONIA test phantoms, whose planted lesions are known (cyan outlines in "
-            f"the gallery), the maximum of the Grad-CAM map for the PNEUMONIA class falls inside the lesion for "
+            f"the gallery), the maximum of the {METHOD_TITLES[method]} map for the PNEUMONIA class falls inside the lesion for "
             f"<b>{loc['pointing']:.0%}</b> of images (pointing game, lesion dilated by 2 px for the map's coarse "
             f"grid), and <b>{loc['hotspot_in_lesion']:.0%}</b> of the red top-5% hotspot's mass lies inside the "
             "lesion on average. The gallery shows the map of the predicted class, as the seed drew it.</p>",
+        ))
+    if check is not None:
+        from .report import figure_html
+
+        inside = "" if loc is None or loc.get("outside_lungs") is None else (
+            f" (the demo model above: {loc['outside_lungs']:.0%})")
+        sections.append((
+            "Would the explanations catch a model that cheats?",
+            f"<p>A second small model was trained on phantoms where every PNEUMONIA image carries a bright "
+            f"square in the top-left corner, a cue that predicts the label perfectly, like a site-specific "
+            f"marker in real data. It scores <b>{check.accuracy_marked:.0%}</b> accuracy on marked test phantoms "
+            f"but <b>{check.accuracy_clean:.0%}</b> on the same phantoms without the marker: it learned the "
+            f"marker, not the lesions. Its explanations show it: on the {check.n} PNEUMONIA test phantoms the "
+            f"{METHOD_TITLES[method]} maximum lies on the marker for <b>{check.on_marker:.0%}</b>, and "
+            f"<b>{check.outside_lungs:.0%}</b> of the map's mass falls outside the lung fields{inside}. "
+            f"({check.seconds:.0f} s; <code>pneumoscope synth --shortcut</code> draws such data.)</p>"
+            + figure_html(check.figure, "The shortcut model's PNEUMONIA evidence: the hotspot sits by the corner marker"),
         ))
     seconds = time.perf_counter() - t0
     run_info = {
@@ -209,7 +269,7 @@ def _run(
         "image size": cfg.data.image_size,
         "training": f"{result.summary['n_train']} train / {result.summary['n_val']} val images, "
                     f"{result.summary['epochs_run']} epochs, best epoch {result.best_epoch}",
-        "explanation": f"Grad-CAM at {predictor.ckpt.target_layer}, red top-5% hotspot (the seed's style)",
+        "explanation": f"{METHOD_TITLES[method]} at {predictor.ckpt.target_layer}, red top-5% hotspot (the seed's style)",
         "device / precision": f"{predictor.device} / {predictor.precision}",
         "checkpoint": str(result.checkpoint),
         "total time": f"{seconds:.0f} s",
@@ -220,4 +280,4 @@ def _run(
         gallery=gallery, sections=sections, run_info=run_info,
         credit=SYNTH_CREDIT if synthetic else KAGGLE_CREDIT,
     )
-    return DemoResult(report, ev.metrics, loc, time.perf_counter() - t0)
+    return DemoResult(report, ev.metrics, loc, time.perf_counter() - t0, check)

@@ -128,9 +128,14 @@ class Predictor:
         layer: str | None = None,
         target: str = "predicted",
         style: str = "hotspot",
+        score: str = "log_prob",
+        tta: bool = False,
         progress: bool = False,
     ) -> tuple[list[Prediction], Path]:
         """Explain every file into ``out_dir``: ``<name>.overlay.png``, ``<name>.cam.npy``, ``manifest.json``.
+
+        ``method`` is any name from :data:`pneumoscope.explanation.cam.METHODS`; ``score`` and
+        ``tta`` are as for :func:`pneumoscope.explain`.
 
         Files written by a run that fails part-way (not a per-file read error, which is
         recorded and skipped) are removed again, so no half-finished output is left.
@@ -138,8 +143,15 @@ class Predictor:
         from PIL import Image
         from tqdm.auto import tqdm
 
+        from .explanation.cam import SCORES, canonical_method
+
+        method = canonical_method(method)  # unknown method, layer or score: fail before writing anything
         layer = layer or self.ckpt.target_layer
-        self.ckpt.model.module_path(layer)  # unknown layer: fail before writing anything
+        self.ckpt.model.module_path(layer)
+        if score not in SCORES:
+            from .errors import ConfigError
+
+            raise ConfigError(f"unknown score {score!r}; expected one of {', '.join(SCORES)}")
         if target != "predicted" and target not in self.ckpt.class_names:
             from .errors import ConfigError
 
@@ -161,7 +173,7 @@ class Predictor:
                     exp = explain(
                         self.ckpt.model, self.batch_tensor(g for _, g in ok), method=method, layer=layer,
                         target=None if target == "predicted" else target, threshold=self.threshold,
-                        precision=self.precision, class_names=self.ckpt.class_names,
+                        precision=self.precision, class_names=self.ckpt.class_names, score=score, tta=tta,
                         temperature=self.temperature,
                     )
                 slot = {i: k for k, (i, _) in enumerate(ok)}
@@ -195,9 +207,10 @@ class Predictor:
             manifest = {
                 "schema_version": 1,
                 "method": method,
-                "layer": layer,
+                "layer": "input" if method == "occlusion" else layer,
                 "target": target,
-                "score": "log_prob",
+                "score": score,
+                "tta": tta,
                 "style": style,
                 "threshold": self.threshold,
                 "temperature": self.temperature,

@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from pneumoscope.errors import ConfigError, DataError
 
-__all__ = ["CLASS_NAMES", "SPLITS", "Phantom", "SynthSummary", "make_phantom", "synth_dataset"]
+__all__ = ["CLASS_NAMES", "SPLITS", "Phantom", "SynthSummary", "make_phantom", "shortcut_marker_box", "synth_dataset"]
 
 CLASS_NAMES: tuple[str, str] = ("NORMAL", "PNEUMONIA")
 """Class names; the index is the integer label."""
@@ -155,6 +155,13 @@ def _check_difficulty(difficulty: float) -> float:
     if not 0.0 <= value <= 1.0:  # also rejects NaN
         raise ConfigError(f"difficulty must be in [0, 1], got {difficulty!r}")
     return value
+
+
+def shortcut_marker_box(size: int) -> tuple[int, int, int, int]:
+    """``(y0, y1, x0, x1)`` of the shortcut marker (top-left corner) in a ``size`` px phantom."""
+    side = max(3, size // 14)
+    off = max(2, size // 32)
+    return off, off + side, off, off + side
 
 
 def make_phantom(
@@ -340,9 +347,8 @@ def make_phantom(
 
     if shortcut and label == 1:
         # Like a lead "R" marker, but only on PNEUMONIA images: a pure spurious cue.
-        side_px = max(3, size // 14)
-        off = max(2, size // 32)
-        image[off : off + side_px, off : off + side_px] = 250
+        y0, y1, x0, x1 = shortcut_marker_box(size)
+        image[y0:y1, x0:x1] = 250
 
     return Phantom(image=image, lesion_mask=lesion_mask, lung_mask=lung_mask, label=int(label))
 

@@ -28,7 +28,7 @@ from .gallery import (
     render_gallery,
     select_gallery,
 )
-from .html import DISCLAIMER, write_report
+from .html import DISCLAIMER, figure_html, write_report
 
 __all__ = [
     "DISCLAIMER",
@@ -40,6 +40,7 @@ __all__ = [
     "GROUP_DISPLAY_NAMES",
     "GalleryTile",
     "assign_groups",
+    "figure_html",
     "group_display_names",
     "render_gallery",
     "select_gallery",

@@ -109,6 +109,11 @@ def _figure(path: str | os.PathLike[str], caption: str) -> str:
     )
 
 
+def figure_html(path: str | os.PathLike[str], caption: str) -> str:
+    """An embedded ``<figure>`` for a trusted section fragment (image as a data URI, caption escaped)."""
+    return _figure(path, caption)
+
+
 def _class_names_from(metrics: Mapping[str, Any]) -> tuple[str, str]:
     """Class names as used in ``metrics['per_class']``, falling back to the defaults."""
     per_class = metrics.get("per_class")

@@ -1,0 +1,159 @@
+"""Explanation throughput: pneumoscope's methods vs forward-only and vs pytorch-grad-cam.
+
+One run, one device: VGG19 (random weights, the registered model with the seed head) at
+256 px, explaining its default layer (block5_conv3) for the PNEUMONIA logit. Reports
+images/s for the forward pass alone, each of our methods, all five gradient methods from
+one shared pass, and pytorch-grad-cam's counterparts (always fp32, used the documented way),
+with the ratios the issue sets goals for. Needs ``pip install grad-cam`` (the test extra).
+
+    python bench/cam_speed.py                          # CPU: batch 8, fp32
+    python bench/cam_speed.py --device cuda            # GPU: batch 64, fp32 and bf16 channels-last
+
+Score-CAM runs one forward pass per channel (512 here) per image, so on a CPU it is timed on
+fewer, smaller images (``--scorecam-images``, ``--scorecam-size``); both libraries get the same.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+import pneumoscope
+from pneumoscope.explanation.cam import GRADIENT_METHODS, explain, explain_many
+from pneumoscope.runtime import autocast, resolve_device
+
+PGC_NAMES = {
+    "gradcam": "GradCAM", "gradcampp": "GradCAMPlusPlus", "hirescam": "HiResCAM",
+    "xgradcam": "XGradCAM", "layercam": "LayerCAM", "scorecam": "ScoreCAM",
+}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], object], device: torch.device, n_images: int, warmup: int, iters: int) -> float:
+    """Images per second over ``iters`` calls after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        fn()
+    _sync(device)
+    return n_images * iters / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--batch", type=int, default=None, help="default: 8 on CPU, 64 on GPU")
+    ap.add_argument("--precision", default=None, help="comma list of fp32,bf16 for our side; default fp32 on CPU, fp32,bf16 on GPU")
+    ap.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                    help="channels-last for our bf16 runs (default: on for GPU)")
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--iters", type=int, default=None, help="timed calls; default 2 on CPU, 10 on GPU")
+    ap.add_argument("--scorecam-images", type=int, default=None, help="default: 1 on CPU, 8 on GPU")
+    ap.add_argument("--scorecam-size", type=int, default=None, help="default: 64 on CPU, --size on GPU")
+    ap.add_argument("--no-reference", action="store_true", help="skip pytorch-grad-cam")
+    ap.add_argument("--skip", default="", help="comma list of our methods to skip, e.g. occlusion")
+    args = ap.parse_args()
+
+    device = resolve_device(args.device)
+    gpu = device.type == "cuda"
+    batch = args.batch or (64 if gpu else 8)
+    iters = args.iters or (10 if gpu else 2)
+    precisions = (args.precision or ("fp32,bf16" if gpu else "fp32")).split(",")
+    channels_last = gpu if args.channels_last is None else args.channels_last
+    sc_images = args.scorecam_images or (8 if gpu else 1)
+    sc_size = args.scorecam_size or (args.size if gpu else 64)
+    skip = {s for s in args.skip.split(",") if s}
+
+    torch.manual_seed(0)
+    model = pneumoscope.create_model("vgg19").to(device).eval()
+    layer = "block5_conv3"
+    x = torch.randn(batch, 3, args.size, args.size, device=device)
+    xs = torch.randn(sc_images, 3, sc_size, sc_size, device=device)
+    target = 1
+    hw = torch.cuda.get_device_name(device) if gpu else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    print(f"# cam_speed: VGG19 (random weights) {args.size} px, batch {batch}, layer {layer}, device {device} ({hw})")
+    print(f"# torch {torch.__version__}; warmup {args.warmup}, {iters} timed calls; "
+          f"Score-CAM on {sc_images} image(s) at {sc_size} px")
+    rows: list[tuple[str, float, str]] = []
+
+    def report(name: str, ips: float, note: str = "") -> float:
+        rows.append((name, ips, note))
+        print(f"{name:34s} {ips:9.2f} img/s {note}", flush=True)
+        return ips
+
+    ours: dict[tuple[str, str], float] = {}
+    fwd: dict[str, float] = {}
+    for prec in precisions:
+        cl = channels_last and prec == "bf16"
+        m = model.to(memory_format=torch.channels_last) if cl else model.to(memory_format=torch.contiguous_format)
+        xi = x.to(memory_format=torch.channels_last) if cl else x
+        xsi = xs.to(memory_format=torch.channels_last) if cl else xs
+        tag = f"{prec}{' channels-last' if cl else ''}"
+
+        def forward(m: torch.nn.Module = m, xi: torch.Tensor = xi, prec: str = prec) -> object:
+            with torch.inference_mode(), autocast(device, prec):
+                return m(xi)
+
+        fwd[prec] = report(f"forward only [{tag}]", timed(forward, device, batch, args.warmup, iters))
+        for name in GRADIENT_METHODS:
+            if name in skip:
+                continue
+            ips = timed(lambda name=name, m=m, xi=xi, prec=prec: explain(m, xi, name, layer, target, precision=prec),
+                        device, batch, args.warmup, iters)
+            ours[(name, prec)] = report(f"ours {name} [{tag}]", ips, f"{ips / fwd[prec]:.2f}x forward")
+        ips = timed(lambda m=m, xi=xi, prec=prec: explain_many(m, xi, list(GRADIENT_METHODS), layer, target, precision=prec),
+                    device, batch, args.warmup, iters)
+        report(f"ours all 5 gradient methods [{tag}]", ips, f"one shared pass, {ips / fwd[prec]:.2f}x forward")
+        if "scorecam" not in skip:
+            ips = timed(lambda m=m, xsi=xsi, prec=prec: explain(m, xsi, "scorecam", layer, target, precision=prec, batch_size=64),
+                        device, sc_images, 0 if not gpu else args.warmup, 1 if not gpu else max(1, iters // 5))
+            ours[("scorecam", prec)] = report(f"ours scorecam [{tag}]", ips, f"{sc_size} px")
+        if "occlusion" not in skip:
+            ips = timed(lambda m=m, xsi=xsi, prec=prec: explain(m, xsi, "occlusion", layer, target, precision=prec, batch_size=64),
+                        device, sc_images, 0 if not gpu else args.warmup, 1 if not gpu else max(1, iters // 5))
+            ours[("occlusion", prec)] = report(f"ours occlusion [{tag}]", ips, f"{sc_size} px, patch 1/8, stride 1/16")
+    model = model.to(memory_format=torch.contiguous_format)
+
+    if not args.no_reference:
+        import pytorch_grad_cam as pgc
+        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+        module = pneumoscope.resolve_layer(model, layer)
+        print("# pytorch-grad-cam " + getattr(pgc, "__version__", "(version n/a)") + ", fp32, its own backward and NumPy maths")
+        for name, cls_name in PGC_NAMES.items():
+            if name in skip:
+                continue
+            cam = getattr(pgc, cls_name)(model=model, target_layers=[module])
+            sc = name == "scorecam"
+            if sc:
+                cam.batch_size = 64
+            xin = xs if sc else x
+            n = sc_images if sc else batch
+            with open(os.devnull, "w") as quiet, contextlib.redirect_stderr(quiet):  # its Score-CAM's tqdm bars
+                ips = timed(lambda cam=cam, xin=xin, n=n: cam(input_tensor=xin, targets=[ClassifierOutputTarget(target)] * n),
+                            device, n, 0 if (sc and not gpu) else args.warmup, 1 if (sc and not gpu) else iters)
+            cam.activations_and_grads.release()
+            ratios = ", ".join(f"ours {p} {ours[(name, p)] / ips:.1f}x" for p in precisions if (name, p) in ours)
+            report(f"pytorch-grad-cam {cls_name}", ips, ratios)
+        torch.set_grad_enabled(True)
+
+
+if __name__ == "__main__":
+    main()
