@@ -289,3 +289,48 @@ def test_training_keeps_the_configured_threshold_when_validation_has_one_class(t
         out = _calibrate(ckpt, only_pneumonia, None, cfg, "fp32", torch.device("cpu"), "val", False)
     assert out == {"threshold": 0.4, "temperature": 1.0, "operating_point": None}
     assert read_metadata(ckpt)["operating_point"] == read_metadata(tiny_ckpt)["operating_point"]  # untouched
+
+
+def test_augmented_validation_operating_point(run_cli, tiny_run, synth_root, tmp_path):
+    """--augment-draws N: threshold chosen on N augmented passes, recorded, reproducible."""
+    src = tiny_run / "best.ckpt"
+    outs = []
+    for name in ("a.ckpt", "b.ckpt"):
+        new = tmp_path / name
+        result = run_cli("calibrate", "--checkpoint", src, "--data", synth_root, "--augment-draws", "3",
+                         "--out", new, "--device", "cpu", "--precision", "fp32")
+        assert result.exit_code == 0, result.output
+        assert "on 3 augmented passes" in result.stderr
+        outs.append(read_metadata(new))
+    op = outs[0]["operating_point"]
+    assert op["augment_draws"] == 3 and op["method"] == "youden"
+    # The recorded validation figures are those of the plain validation images at that threshold.
+    n_val = len(list((synth_root / "val").rglob("*.png")))
+    assert op["n"] == n_val
+    assert outs[0]["threshold"] == outs[1]["threshold"]  # seeded: same config, same threshold
+    plain = tmp_path / "plain.ckpt"
+    assert run_cli("calibrate", "--checkpoint", src, "--data", synth_root, "--out", plain,
+                   "--device", "cpu", "--precision", "fp32").exit_code == 0
+    assert read_metadata(plain)["operating_point"]["augment_draws"] == 0
+
+
+def test_augmented_logits_follow_the_augmentation():
+    from pneumoscope.training.calibrate import augmented_logits
+
+    m = pneumoscope.create_model("vgg_tiny").eval()
+    pred = Predictor.__new__(Predictor)  # a bare Predictor around an in-memory model
+
+    class _Ck:
+        model = m
+        preprocessing = Preprocessing(32)
+
+    pred.ckpt, pred.batch_size, pred.device, pred.precision = _Ck, 8, torch.device("cpu"), "fp32"
+    images = torch.randint(0, 256, (5, 32, 32), dtype=torch.uint8)
+    off = load_config("demo", {"data.augment.hflip": False, "data.augment.rotation_deg": 0.0, "data.augment.zoom": 0.0})
+    on = load_config("demo", {"data.augment.gamma": 0.5, "data.augment.translate": 0.1})
+    same = augmented_logits(pred, images, off, 2)
+    assert same.shape == (10, 2)
+    torch.testing.assert_close(same[:5], same[5:])  # identity augmentation: both passes equal
+    moved = augmented_logits(pred, images, on, 2)
+    assert not torch.allclose(moved[:5], moved[5:])
+    torch.testing.assert_close(moved, augmented_logits(pred, images, on, 2))  # seeded

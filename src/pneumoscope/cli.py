@@ -204,6 +204,7 @@ def calibrate(
     target_sensitivity: Optional[float] = typer.Option(None, "--target-sensitivity", help="For --method sensitivity, e.g. 0.95."),
     margin: Optional[float] = typer.Option(None, "--margin", help="For --method sensitivity: aim this much higher on validation."),
     threshold: Optional[float] = typer.Option(None, "--threshold", help="For --method fixed."),
+    augment_draws: Optional[int] = typer.Option(None, "--augment-draws", help="Choose the threshold on N passes of validation through the training augmentation (0: as they are)."),
     temperature: Optional[bool] = typer.Option(None, "--temperature/--no-temperature", help="Fit a temperature (default: the stored config's)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Write a new checkpoint here; default: update CKPT in place."),
     batch_size: int = typer.Option(64, "--batch-size"),
@@ -220,6 +221,7 @@ def calibrate(
         "operating_point.method": method.value if method else ("fixed" if threshold is not None else None),
         "operating_point.target_sensitivity": target_sensitivity,
         "operating_point.sensitivity_margin": margin,
+        "operating_point.augment_draws": augment_draws,
         "train.threshold": threshold,
         "calibration.temperature": temperature,
     }.items() if v is not None}

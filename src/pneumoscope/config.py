@@ -142,6 +142,11 @@ class OperatingPointConfig:
     method: str = "youden"  # youden | sensitivity | fixed (fixed uses train.threshold)
     target_sensitivity: float = 0.95  # for method sensitivity
     sensitivity_margin: float = 0.0  # aim for target + margin on validation, for safety on new data
+    # > 0: choose the threshold on the validation images seen this many times through the
+    # training augmentation (data.augment) rather than once as they are. The augmentation models
+    # other sites' framing and exposure, so the threshold is one that holds up under such shift
+    # instead of one tuned to the training site's validation images. 0: plain validation.
+    augment_draws: int = 0
 
 
 @dataclass
@@ -195,6 +200,8 @@ class Config:
             raise ConfigError(f"operating_point.method must be youden, sensitivity or fixed, not {op.method!r}")
         if not 0.0 < op.target_sensitivity <= 1.0:
             raise ConfigError(f"operating_point.target_sensitivity must be in (0, 1], not {op.target_sensitivity}")
+        if op.augment_draws < 0:
+            raise ConfigError(f"operating_point.augment_draws must be >= 0, not {op.augment_draws}")
         if not 0.0 <= op.sensitivity_margin < 1.0:
             raise ConfigError(f"operating_point.sensitivity_margin must be in [0, 1), not {op.sensitivity_margin}")
         if self.calibration.n_bins < 1:

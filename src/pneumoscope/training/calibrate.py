@@ -8,6 +8,7 @@ figures computed at the stored threshold stay honest.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import warnings
 from collections.abc import Sequence
@@ -40,6 +41,7 @@ class CalibrationResult:
     val_source: str
     val_calibration_raw: dict[str, Any]  # ECE etc. at T = 1
     val_calibration: dict[str, Any]  # at the fitted temperature
+    augment_draws: int = 0  # > 0: threshold chosen on that many augmented passes over validation
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -48,11 +50,14 @@ class CalibrationResult:
             "val_source": self.val_source,
             "val_calibration_raw": self.val_calibration_raw,
             "val_calibration": self.val_calibration,
+            "augment_draws": self.augment_draws,
         }
 
     def summary_line(self) -> str:
         op = self.operating_point
         target = f" (target {op.target_sensitivity:g}+{op.margin:g})" if op.method == "sensitivity" else ""
+        if self.augment_draws:
+            target += f" on {self.augment_draws} augmented passes"
         return (
             f"operating point {op.method}{target}: threshold {op.threshold:.4f}, validation sensitivity "
             f"{op.sensitivity:.3f}, specificity {op.specificity:.3f} (n={op.n}); temperature "
@@ -109,10 +114,22 @@ def calibrate_checkpoint(
     t = fit_temperature(logits.numpy(), labels) if cfg.calibration.temperature else 1.0
     prob = (logits / t).softmax(1)[:, pos].numpy().astype(np.float64)
     op_cfg = cfg.operating_point
+    op_labels, op_prob = labels, prob
+    if op_cfg.augment_draws > 0 and op_cfg.method != "fixed":
+        aug_logits = augmented_logits(predictor, images, cfg, op_cfg.augment_draws, progress)
+        op_prob = (aug_logits / t).softmax(1)[:, pos].numpy().astype(np.float64)
+        op_labels = np.tile(labels, op_cfg.augment_draws)
     op = choose_operating_point(
-        labels, prob, op_cfg.method, target_sensitivity=op_cfg.target_sensitivity,
+        op_labels, op_prob, op_cfg.method, target_sensitivity=op_cfg.target_sensitivity,
         margin=op_cfg.sensitivity_margin, threshold=cfg.train.threshold,
     )
+    if op_labels is not labels:
+        # Report what the chosen threshold does on the validation images as they are, too.
+        plain = prob >= op.threshold
+        op = dataclasses.replace(
+            op, sensitivity=float(plain[labels == 1].mean()), specificity=float((~plain[labels == 0]).mean()),
+            n=int(labels.size), n_positive=int((labels == 1).sum()), n_negative=int((labels == 0).sum()),
+        )
     if op.method != "fixed" and min(op.n_positive, op.n_negative) < MIN_PER_CLASS:
         warnings.warn(
             f"operating point chosen on only {op.n_positive} PNEUMONIA and {op.n_negative} NORMAL validation "
@@ -126,14 +143,35 @@ def calibrate_checkpoint(
         val_source=val_source,
         val_calibration_raw=before,
         val_calibration=calibration_summary(labels, prob, n_bins),
+        augment_draws=op_cfg.augment_draws if op_labels is not labels else 0,
     )
-    record = {**op.to_dict(), "val_source": val_source}
+    record = {**op.to_dict(), "val_source": val_source, "augment_draws": result.augment_draws}
     update_checkpoint(
         ckpt_path, out, threshold=op.threshold, temperature=t, operating_point=record,
         info={"calibration": result.to_dict()},
     )
     log.info(result.summary_line())
     return result
+
+
+def augmented_logits(predictor: Any, images: torch.Tensor, cfg: Config, draws: int, progress: bool = False) -> torch.Tensor:
+    """Logits of ``draws`` passes over ``images`` (N, S, S) uint8 through ``cfg.data.augment``.
+
+    Seeded by ``cfg.train.seed``: the same checkpoint and config give the same threshold.
+    Returns (draws x N, C), draw by draw.
+    """
+    from ..data.transforms import augment_batch
+
+    prep = predictor.ckpt.preprocessing
+    gen = torch.Generator().manual_seed(int(cfg.train.seed))
+    bs = predictor.batch_size
+    out = []
+    for _ in range(draws):
+        for i in range(0, len(images), bs):
+            x = images[i : i + bs].float().div_(255.0)[:, None]
+            x = augment_batch(x, cfg.data.augment, generator=gen)
+            out.append(predictor.logits(prep.normalize(x)))
+    return torch.cat(out)
 
 
 def recalibrate(
