@@ -8,6 +8,7 @@ them, the goals of issue 3 and the wall times, plus the hardware it ran on.
 
     python bench/offline_accuracy.py --data ../shared/data/chest_xray_224 --out bench-out/offline
     python bench/offline_accuracy.py --backbone vgg19 --out bench-out/offline-vgg19   # the seed's architecture, same recipe
+    python bench/offline_accuracy.py --run RUN --out bench-out/offline   # evaluate a run `pneumoscope train` already made
 
 This is a benchmark, not a test: it takes tens of minutes on a CPU.
 """
@@ -65,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--precision", default="auto")
     ap.add_argument("--out", default=str(ROOT / "bench-out" / "offline"))
+    ap.add_argument("--run", default=None, help="a finished run folder of this config: skip training, evaluate it")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
 
@@ -82,11 +84,18 @@ def main(argv: list[str] | None = None) -> int:
     run = out / "run"
     test = Path(args.test) if args.test else Path(args.data) / "test"
 
-    t0 = time.perf_counter()
-    result = train(cfg, args.data, run, progress=not args.no_progress)
-    t_train = time.perf_counter() - t0
+    if args.run:
+        run = Path(args.run)
+        cfg = load_config(run / "config.yaml")  # report what the run was trained with
+        summary = json.loads((run / "summary.json").read_text())
+        ckpt, t_train = run / "best.ckpt", float(summary["seconds"])
+    else:
+        t0 = time.perf_counter()
+        result = train(cfg, args.data, run, progress=not args.no_progress)
+        t_train = time.perf_counter() - t0
+        ckpt, summary = result.checkpoint, result.summary
     t1 = time.perf_counter()
-    ev = evaluate(result.checkpoint, test, out / "eval", device=args.device, precision=args.precision,
+    ev = evaluate(ckpt, test, out / "eval", device=args.device, precision=args.precision,
                   progress=not args.no_progress)
     t_eval = time.perf_counter() - t1
     m = ev.metrics
@@ -105,8 +114,8 @@ def main(argv: list[str] | None = None) -> int:
         "confusion_matrix": m["confusion_matrix"],
         "goals": GOALS,
         "meets_goals": {k: (figures[k] is not None and figures[k] >= v) for k, v in GOALS.items()},
-        "validation": result.summary.get("operating_point") or result.summary.get("best_val_loss"),
-        "train_summary": result.summary,
+        "operating_point": m.get("operating_point"),
+        "train_summary": summary,
         "seconds": {"train": round(t_train, 1), "evaluate": round(t_eval, 1), "total": round(t_train + t_eval, 1)},
         "hardware": hardware(),
         "command": " ".join([sys.executable, *sys.argv]),
