@@ -47,3 +47,11 @@ def test_bad_configs_name_the_key(tmp_path):
         load_config(tmp_path / "nope.yaml")
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         parse_set_overrides(["train.batch_size"])
+
+
+def test_bundled_name_wins_over_a_folder_of_that_name(tmp_path, monkeypatch):
+    from pneumoscope.config import load_config
+
+    (tmp_path / "demo").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert load_config("demo").model.backbone == "vgg_small"

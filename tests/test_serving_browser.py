@@ -85,7 +85,9 @@ def test_viewer_upload_shows_label_and_overlay(live_server, tiny_ckpt, synth_roo
             assert "not a diagnosis" in page.inner_text("#disclaimer")
             assert "paediatric" in page.inner_text("#disclaimer")
             page.wait_for_function("() => document.getElementById('model').textContent.startsWith('Model vgg_tiny')")
-            assert page.eval_on_selector_all("#method option", "os => os.map(o => o.value)") == ["gradcam"]
+            from pneumoscope.explanation.cam import METHODS
+
+            assert page.eval_on_selector_all("#method option", "os => os.map(o => o.value)") == list(METHODS)
 
             page.set_input_files("#file", str(first))
             page.wait_for_function("() => document.getElementById('label').textContent.length > 0", timeout=30_000)

@@ -335,7 +335,9 @@ def resolve_config_path(path: str | Path) -> Path:
     if p.is_file():
         return p
     bundled = Path(__file__).parent / "configs" / f"{p.stem}.yaml"
-    if p.suffix in ("", ".yaml", ".yml") and bundled.is_file() and not p.exists():
+    # A bare name is a bundled config even when a folder of that name sits in the working
+    # directory (`pneumoscope demo --out demo` makes one).
+    if p.suffix in ("", ".yaml", ".yml") and bundled.is_file() and not p.is_file():
         return bundled
     raise ConfigError(f"{path}: config file not found (expected a YAML file or one of: {', '.join(bundled_configs())})")
 
