@@ -256,11 +256,12 @@ def _run(
             f"square in the top-left corner, a cue that predicts the label perfectly, like a site-specific "
             f"marker in real data. It scores <b>{check.accuracy_marked:.0%}</b> accuracy on marked test phantoms "
             f"but <b>{check.accuracy_clean:.0%}</b> on the same phantoms without the marker: it learned the "
-            f"marker, not the lesions. Its explanations show it: on the {check.n} PNEUMONIA test phantoms the "
-            f"{METHOD_TITLES[method]} maximum lies on the marker for <b>{check.on_marker:.0%}</b>, and "
+            f"marker, not the lesions. What its explanations show: on the {check.n} PNEUMONIA test phantoms the "
+            f"{METHOD_TITLES[method]} maximum lies on the marker (grown by one map cell) for "
+            f"<b>{check.on_marker:.0%}</b>, and "
             f"<b>{check.outside_lungs:.0%}</b> of the map's mass falls outside the lung fields{inside}. "
             f"({check.seconds:.0f} s; <code>pneumoscope synth --shortcut</code> draws such data.)</p>"
-            + figure_html(check.figure, "The shortcut model's PNEUMONIA evidence: the hotspot sits by the corner marker"),
+            + figure_html(check.figure, "The shortcut model's PNEUMONIA evidence, drawn as the seed's red hotspot"),
         ))
     seconds = time.perf_counter() - t0
     run_info = {
