@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import csv
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,15 +34,27 @@ class EvalResult:
     images: torch.Tensor  # (N, S, S) uint8, model-size, reused by the report gallery
 
 
-def image_logits(predictor: Predictor, images: torch.Tensor, progress: bool = True) -> torch.Tensor:
-    """Raw logits (N, C) for decoded model-size uint8 images (N, S, S), batch by batch."""
+def image_logits(
+    predictor: Predictor,
+    images: torch.Tensor,
+    progress: bool = True,
+    transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Raw logits (N, C) for decoded model-size uint8 images (N, S, S), batch by batch.
+
+    ``transform``, when given, maps each batch as (B, 1, S, S) floats in [0, 1] before
+    normalisation (e.g. the training augmentation).
+    """
     from tqdm.auto import tqdm
 
     prep = predictor.ckpt.preprocessing
     out = []
     bs = predictor.batch_size
     for i in tqdm(range(0, len(images), bs), desc="evaluating", unit="batch", disable=not progress, leave=False):
-        out.append(predictor.logits(prep.normalize(images[i : i + bs])))
+        batch = images[i : i + bs]
+        if transform is not None:
+            batch = transform(batch.float().div_(255.0)[:, None])
+        out.append(predictor.logits(prep.normalize(batch)))
     return torch.cat(out)
 
 

@@ -161,17 +161,14 @@ def augmented_logits(predictor: Any, images: torch.Tensor, cfg: Config, draws: i
     Returns (draws x N, C), draw by draw.
     """
     from ..data.transforms import augment_batch
+    from ..evaluation.evaluate import image_logits
 
-    prep = predictor.ckpt.preprocessing
     gen = torch.Generator().manual_seed(int(cfg.train.seed))
-    bs = predictor.batch_size
-    out = []
-    for _ in range(draws):
-        for i in range(0, len(images), bs):
-            x = images[i : i + bs].float().div_(255.0)[:, None]
-            x = augment_batch(x, cfg.data.augment, generator=gen)
-            out.append(predictor.logits(prep.normalize(x)))
-    return torch.cat(out)
+    aug = cfg.data.augment
+    return torch.cat([
+        image_logits(predictor, images, progress, transform=lambda x: augment_batch(x, aug, generator=gen))
+        for _ in range(draws)
+    ])
 
 
 def recalibrate(
