@@ -22,7 +22,7 @@ from .errors import PneumoscopeError
 from .explanation.cam import explain
 from .explanation.overlay import render_overlay
 from .fileio import atomic_path, atomic_write_text
-from .runtime import autocast, resolve_device, resolve_precision
+from .runtime import autocast, channels_last_preferred, resolve_device, resolve_precision, to_memory_format
 
 MAX_OVERLAY_SIDE = 1024  # overlays keep the image's aspect ratio, capped for file size
 
@@ -57,6 +57,8 @@ class Predictor:
         self.precision = resolve_precision(precision, self.device)
         self.ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint, self.device)
         self.ckpt.model.to(self.device).eval()
+        if channels_last_preferred(self.device):
+            self.ckpt.model.to(memory_format=torch.channels_last)
         self.batch_size = max(1, batch_size)
 
     @property
@@ -87,7 +89,7 @@ class Predictor:
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Raw float32 logits (N, C) for a preprocessed batch (N, 3, S, S), on the CPU."""
         with autocast(self.device, self.precision):
-            logits = self.ckpt.model(x.to(self.device))
+            logits = self.ckpt.model(to_memory_format(x.to(self.device), self.ckpt.model))
         return logits.float().cpu()
 
     def calibrated(self, logits: torch.Tensor) -> torch.Tensor:

@@ -77,6 +77,26 @@ def autocast(device: torch.device, precision: str) -> Iterator[None]:
         yield
 
 
+def channels_last_preferred(device: torch.device) -> bool:
+    """Whether convolutions run faster in channels-last (NHWC) memory format on ``device``.
+
+    True on CUDA and on the CPU: oneDNN's convolutions are NHWC-native. Measured on a 2-core
+    AMX Xeon: VGG19 inference 4.4 → 6.7 img/s in fp32 and 9 → 28 img/s in bf16; ResNet-18
+    bf16 training 104 → 116 img/s.
+    """
+    return device.type in ("cuda", "cpu")
+
+
+def to_memory_format(x: torch.Tensor, model: torch.nn.Module) -> torch.Tensor:
+    """``x`` (N, C, H, W) in the memory format of ``model``'s first 4-D weight (no copy if it matches)."""
+    for p in model.parameters():
+        if p.dim() == 4:
+            if p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous() and x.dim() == 4:
+                return x.contiguous(memory_format=torch.channels_last)
+            return x
+    return x
+
+
 def lightning_precision(precision: str) -> str:
     """Map a resolved precision to Lightning's ``Trainer(precision=...)`` value."""
     return "bf16-mixed" if precision == "bf16" else "32-true"

@@ -32,7 +32,7 @@ from ..data.transforms import Preprocessing
 from ..errors import ConfigError, DataError
 from ..fileio import atomic_path, atomic_write_text
 from ..models import create_model, get_model_info
-from ..runtime import lightning_precision, resolve_device, resolve_precision
+from ..runtime import channels_last_preferred, lightning_precision, resolve_device, resolve_precision
 from .callbacks import ExportBest, MetricsCSV, RestoreBestWeights
 from .module import ClassifierModule
 
@@ -230,7 +230,7 @@ def train(
     gen = torch.Generator().manual_seed(cfg.train.seed)
     train_loader = torch.utils.data.DataLoader(train_ds, batch_size=cfg.train.batch_size, shuffle=True, generator=gen)
     val_loader = torch.utils.data.DataLoader(val_ds, batch_size=max(cfg.train.batch_size, 64), shuffle=False)
-    channels_last = device.type == "cuda"
+    channels_last = channels_last_preferred(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
 
