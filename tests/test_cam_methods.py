@@ -203,10 +203,30 @@ def test_method_names_and_bad_arguments(model, images):
         pneumoscope.explain(model, images, method="scorecam", batch_size=0)
 
 
+@pytest.fixture
+def strict_fp32():
+    """True fp32 on CUDA: no TF32 in convolutions or matrix products, restored afterwards."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: CPU/GPU agreement needs one")
-def test_cpu_and_gpu_agree(model, images):
+def test_cpu_and_gpu_agree(model, images, strict_fp32):
     cpu = explain_many(model, images, list(METHODS), layer=LAYER, target=[0, 1, 1, 0], patch=8)
     gpu = explain_many(model.cuda(), images.cuda(), list(METHODS), layer=LAYER, target=[0, 1, 1, 0], patch=8)
     for name in METHODS:
         assert gpu[name].maps.is_cuda
         assert float((gpu[name].maps.cpu() - cpu[name].maps).abs().max()) <= TOL, name
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: CPU/GPU agreement needs one")
+def test_cpu_and_gpu_agree_with_default_cuda_settings_and_bf16(model, images):
+    """PyTorch's CUDA defaults (TF32 convolutions) and bf16 autocast stay within the issue's bar."""
+    cpu = explain_many(model, images, list(GRADIENT_METHODS), layer=LAYER, target=[0, 1, 1, 0])
+    for precision, tol in (("fp32", TOL), ("bf16", 5e-2)):
+        gpu = explain_many(model.cuda(), images.cuda(), list(GRADIENT_METHODS), layer=LAYER, target=[0, 1, 1, 0],
+                           precision=precision)
+        for name in GRADIENT_METHODS:
+            assert float((gpu[name].maps.cpu() - cpu[name].maps).abs().max()) <= tol, (precision, name)

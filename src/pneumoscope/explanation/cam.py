@@ -18,7 +18,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..models.base import resolve_layer
-from ..runtime import autocast
+from ..runtime import autocast, to_memory_format
 
 SCORES = ("log_prob", "logit")
 
@@ -169,14 +169,16 @@ def _targets(
         if target not in names:
             raise ConfigError(f"unknown target {target!r}; expected predicted or one of {', '.join(names)}")
         return torch.full((n,), names.index(target), dtype=torch.long, device=probs.device)
-    t = torch.as_tensor(target, dtype=torch.long, device=probs.device)
+    # Validate on the host before moving to the device: a check on a CUDA tensor would make the
+    # host wait for the forward pass and leave the GPU idle while it queues the rest.
+    t = torch.as_tensor(target, dtype=torch.long)
     if t.dim() == 0:
         t = t.expand(n)
     if t.shape != (n,):
         raise ConfigError(f"target must be one class index or one per image ({n}), got shape {tuple(t.shape)}")
-    if bool(((t < 0) | (t >= c)).any()):
+    if bool(((t < 0) | (t >= c)).any()):  # a CUDA tensor given as target costs one sync here
         raise ConfigError(f"target class out of range 0..{c - 1}")
-    return t
+    return t.to(probs.device, non_blocking=True)
 
 
 def minmax_normalize(maps: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
@@ -386,7 +388,7 @@ def explain_many(
         layer = layer or default_layer(model)
         module = resolve_layer(model, layer)
     device = _model_device(model, images.device)
-    x = images.to(device)
+    x = to_memory_format(images.to(device), model)  # channels-last in, if the model's weights are
     if x.is_inference():
         x = x.clone()
     n, size = len(x), (x.shape[-2], x.shape[-1])
