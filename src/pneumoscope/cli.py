@@ -101,7 +101,7 @@ def train(
     device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N"),
     limit_train_batches: Optional[float] = typer.Option(None, "--limit-train-batches", help="Fraction (<=1) or count of batches per epoch."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out."),
-    set_: Optional[list[str]] = typer.Option(None, "--set", help="Override any config key: --set train.batch_size=16"),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help="Override any config key: --set train.batch_size=16, --set train.stages.0.lr=1e-4"),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bars (logs, CI)."),
 ) -> None:
     """Train a classifier; writes RUN/best.ckpt, config.yaml, metrics.csv."""

@@ -319,14 +319,34 @@ def config_with_overrides(values: dict[str, Any], overrides: dict[str, Any] | No
     for dotted, v in (overrides or {}).items():
         if v is None:
             continue
-        cursor = values
+        cursor: Any = values
         parts = dotted.split(".")
-        for p in parts[:-1]:
-            cursor = cursor.setdefault(p, {})
-            if not isinstance(cursor, dict):
-                raise ConfigError(f"cannot set {dotted}: {p} is not a section")
-        cursor[parts[-1]] = v
+        for i, p in enumerate(parts):
+            last = i == len(parts) - 1
+            if isinstance(cursor, list):  # a list of sections (train.stages): index it, e.g. train.stages.0.lr
+                if not p.isdigit() or int(p) >= len(cursor):
+                    raise ConfigError(f"cannot set {dotted}: {'.'.join(parts[:i])} has {len(cursor)} entries, "
+                                      f"indexed 0..{len(cursor) - 1}")
+                p = int(p)
+            elif not isinstance(cursor, dict):
+                raise ConfigError(f"cannot set {dotted}: {'.'.join(parts[:i])} is not a section")
+            if last:
+                cursor[p] = v
+                continue
+            if isinstance(cursor, dict) and p not in cursor and parts[i + 1].isdigit():
+                cursor[p] = _default_value(parts[: i + 1])  # e.g. the default stages, to index into
+            cursor = cursor.setdefault(p, {}) if isinstance(cursor, dict) else cursor[p]
     return config_from_dict(values)
+
+
+def _default_value(path: list[str]) -> Any:
+    """The default config's value at ``path`` (dotted parts), as plain data."""
+    import dataclasses
+
+    value: Any = dataclasses.asdict(Config())
+    for p in path:
+        value = value[int(p)] if isinstance(value, list) else value[p]
+    return value
 
 
 def resolve_config_path(path: str | Path) -> Path:
