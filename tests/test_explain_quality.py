@@ -231,3 +231,14 @@ def test_shortcut_marker_box_is_where_synth_draws_the_marker():
         inside[y0:y1, x0:x1] = True
         assert (marked[inside] == 250).all()
         assert np.array_equal(marked[~inside], plain[~inside])
+
+
+def test_shortcut_check_exposes_a_model_that_learned_the_marker(tmp_path):
+    from pneumoscope.shortcut import run_shortcut_check
+
+    check = run_shortcut_check(tmp_path, seed=1, precision="fp32")
+    assert check.accuracy_marked >= 0.9 and check.accuracy_clean <= 0.7  # it learned the marker
+    assert check.on_marker >= 0.8
+    assert check.marker_mass >= 2.5 * check.marker_area  # mass gathers near the marker, far above a flat map's
+    assert check.lesion_pointing <= 0.5
+    assert check.figure.is_file()

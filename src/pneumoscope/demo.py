@@ -250,16 +250,19 @@ def _run(
 
         inside = "" if loc is None or loc.get("outside_lungs") is None else (
             f" (the demo model above: {loc['outside_lungs']:.0%})")
+        honest = "" if loc is None or loc.get("pointing") is None else f" (the demo model above: {loc['pointing']:.0%})"
         sections.append((
             "Would the explanations catch a model that cheats?",
             f"<p>A second small model was trained on phantoms where every PNEUMONIA image carries a bright "
             f"square in the top-left corner, a cue that predicts the label perfectly, like a site-specific "
             f"marker in real data. It scores <b>{check.accuracy_marked:.0%}</b> accuracy on marked test phantoms "
             f"but <b>{check.accuracy_clean:.0%}</b> on the same phantoms without the marker: it learned the "
-            f"marker, not the lesions. What its explanations show: on the {check.n} PNEUMONIA test phantoms the "
-            f"{METHOD_TITLES[method]} maximum lies on the marker (grown by one map cell) for "
-            f"<b>{check.on_marker:.0%}</b>, and "
-            f"<b>{check.outside_lungs:.0%}</b> of the map's mass falls outside the lung fields{inside}. "
+            f"marker, not the lesions. What its explanations show, on the {check.n} PNEUMONIA test phantoms: "
+            f"<b>{check.marker_mass:.0%}</b> of the {METHOD_TITLES[method]} map's mass lies near the marker "
+            f"(the marker grown by two cells of the map's grid, {check.marker_area:.0%} of the image, which is "
+            f"what a map blind to the marker would put there); the map's maximum is near the marker for "
+            f"<b>{check.on_marker:.0%}</b> and on the lesion for <b>{check.lesion_pointing:.0%}</b>{honest}; "
+            f"<b>{check.outside_lungs:.0%}</b> of the mass falls outside the lung fields{inside}. "
             f"({check.seconds:.0f} s; <code>pneumoscope synth --shortcut</code> draws such data.)</p>"
             + figure_html(check.figure, "The shortcut model's PNEUMONIA evidence, drawn as the seed's red hotspot"),
         ))
