@@ -7,6 +7,7 @@ as one uint8 tensor, so epochs never re-decode JPEGs (5,216 images at 256 px are
 from __future__ import annotations
 
 import csv
+import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -168,10 +169,15 @@ def resolve_eval_samples(data: str | Path) -> tuple[list[Sample], Path]:
 
 
 def decode_images(
-    paths: Sequence[Path], prep: Preprocessing, progress: bool = True, desc: str = "decoding", workers: int = 2
+    paths: Sequence[Path], prep: Preprocessing, progress: bool = True, desc: str = "decoding", workers: int | None = None
 ) -> torch.Tensor:
-    """Decode, grey, resize → (N, S, S) uint8. A bad file stops with an error naming it."""
+    """Decode, grey, resize → (N, S, S) uint8. A bad file stops with an error naming it.
+
+    ``workers`` threads decode (default: the CPUs this process may use, at most 8).
+    """
     s = prep.image_size
+    if workers is None:
+        workers = min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
 
     def one(p: Path) -> torch.Tensor:
         return prep.to_uint8(read_image(p))
