@@ -49,6 +49,35 @@ def test_loss_is_weighted_mean_plus_head_l2():
     torch.testing.assert_close(loss, expected)
 
 
+def test_mixup_blends_the_batch_and_both_labels():
+    from pneumoscope.config import StageConfig
+    from pneumoscope.data.transforms import Preprocessing
+    from pneumoscope.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("vgg_tiny").eval()
+    mod = ClassifierModule(model, Preprocessing(32), StageConfig(), None, [2.0, 0.5], 0.0, 0.0, mixup=0.4)
+    mod.log = lambda *a, **k: None
+    x = torch.randint(0, 256, (6, 1, 32, 32), dtype=torch.uint8)
+    y = torch.tensor([0, 1, 1, 0, 1, 0])
+    torch.manual_seed(5)
+    loss = mod.training_step((x, y), 0)
+    torch.manual_seed(5)  # the same draws: the weight, then the pairing
+    lam = float(torch.distributions.Beta(0.4, 0.4).sample())
+    perm = torch.randperm(6)
+    xn = Preprocessing(32).normalize(x.float() / 255)
+    logits = model(lam * xn + (1 - lam) * xn[perm])
+    w = torch.tensor([2.0, 0.5])
+
+    def ce(t):
+        return (torch.nn.functional.cross_entropy(logits, t, reduction="none") * w[t]).mean()
+
+    torch.testing.assert_close(loss, lam * ce(y) + (1 - lam) * ce(y[perm]))
+    assert 0.0 < lam < 1.0 and not torch.equal(perm, torch.arange(6))
+    with pytest.raises(ConfigError, match="train.mixup"):
+        load_config(None, {"train.mixup": -1})
+
+
 def test_two_stages_write_a_run_and_resume_skips_finished_stages(tmp_path, synth_root):
     cfg = load_config(None, TINY)
     out = tmp_path / "run"

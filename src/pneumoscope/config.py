@@ -103,6 +103,9 @@ class TrainConfig:
     # > 0: validate and export an exponential moving average of the weights (per optimiser
     # step, e.g. 0.995); it smooths out the epoch-to-epoch swings of a noisy from-scratch run.
     ema_decay: float = 0.0
+    # > 0: mixup (Zhang et al. 2018) with mixing weights drawn from Beta(mixup, mixup) per batch:
+    # each training batch is blended with a shuffled copy of itself and the loss with both labels.
+    mixup: float = 0.0
     # Which weights become best.ckpt: "best" = lowest val_loss over all epochs and stages (the
     # seed's, Keras' restore_best_weights); "last" = the end of the schedule (one-cycle runs,
     # whose short-lived low-loss epochs early on are noise rather than a better model).
@@ -178,6 +181,8 @@ class Config:
             raise ConfigError("train.class_weights must be 'balanced' or 'none'")
         if self.train.select not in ("best", "last"):
             raise ConfigError(f"train.select must be best or last, not {self.train.select!r}")
+        if self.train.mixup < 0:
+            raise ConfigError(f"train.mixup must be >= 0 (0 = off), not {self.train.mixup}")
         if not 0.0 <= self.train.ema_decay < 1.0:
             raise ConfigError(f"train.ema_decay must be in [0, 1), not {self.train.ema_decay}")
         if not 0.0 < self.train.threshold < 1.0:

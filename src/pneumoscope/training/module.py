@@ -33,6 +33,7 @@ class ClassifierModule(L.LightningModule):
         head_l2: float,
         channels_last: bool = False,
         ema_decay: float = 0.0,
+        mixup: float = 0.0,
     ) -> None:
         super().__init__()
         self.model = model
@@ -47,6 +48,7 @@ class ClassifierModule(L.LightningModule):
         self.label_smoothing = label_smoothing
         self.head_l2 = head_l2
         self.channels_last = channels_last
+        self.mixup = mixup
         self.register_buffer(
             "class_weights",
             torch.tensor(class_weights if class_weights else [1.0, 1.0], dtype=torch.float32),
@@ -85,11 +87,22 @@ class ClassifierModule(L.LightningModule):
             return torch.zeros((), device=self.device)
         return self.head_l2 * sum((p.float() ** 2).sum() for p in params)
 
+    def _weighted_ce(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        per = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing, reduction="none")
+        return (per * self.class_weights[y]).mean()
+
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], _idx: int) -> torch.Tensor:
         x, y = batch
-        logits = self(self._inputs(x, train=True)).float()
-        per = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing, reduction="none")
-        loss = (per * self.class_weights[y]).mean() + self._l2()
+        x = self._inputs(x, train=True)
+        if self.mixup > 0:
+            # One weight per batch from the seeded global generator; the loss mixes both labels.
+            lam = float(torch.distributions.Beta(self.mixup, self.mixup).sample())
+            perm = torch.randperm(len(y), device=y.device)
+            logits = self(lam * x + (1.0 - lam) * x[perm]).float()
+            loss = lam * self._weighted_ce(logits, y) + (1.0 - lam) * self._weighted_ce(logits, y[perm]) + self._l2()
+        else:
+            logits = self(x).float()
+            loss = self._weighted_ce(logits, y) + self._l2()
         acc = (logits.argmax(1) == y).float().mean()
         self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
         self.log("train_acc", acc, on_step=False, on_epoch=True, batch_size=len(y))

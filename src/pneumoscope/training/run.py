@@ -250,7 +250,7 @@ def train(
         trained_now = True
         module = ClassifierModule(
             model, prep, stage, cfg.data.augment, weights, cfg.train.label_smoothing, cfg.train.head_l2, channels_last,
-            ema_decay=cfg.train.ema_decay,
+            ema_decay=cfg.train.ema_decay, mixup=cfg.train.mixup,
         )
         last = ModelCheckpoint(dirpath=state_dir, filename=f"{stage.name}-last", save_top_k=1, enable_version_counter=False)
         callbacks: list[L.Callback] = [
