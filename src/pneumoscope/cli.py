@@ -395,7 +395,8 @@ def demo(
     if r.shortcut is not None:
         c = r.shortcut
         _say(f"shortcut model: accuracy {c.accuracy_marked:.0%} with the marker, {c.accuracy_clean:.0%} without; "
-             f"its maps peak on the marker in {c.on_marker:.0%}")
+             f"{c.marker_mass:.0%} of its maps' mass lies near the marker ({c.marker_area:.0%} of the image), "
+             f"on the lesion it points for {c.lesion_pointing:.0%}")
     _say(f"report: {r.report}  ({r.seconds:.0f} s)")
 
 
