@@ -353,6 +353,24 @@ def explain_eval_cmd(
 
 @app.command()
 @user_errors
+def audit(
+    data: Path = typer.Argument(..., help="A split folder (NORMAL/, PNEUMONIA/) or a dataset root (its train/)."),
+    compare: Optional[Path] = typer.Option(None, "--compare", help="A second collection: a split folder or a dataset root (its test/)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write the report as JSON here."),
+    no_progress: bool = typer.Option(False, "--no-progress", help="No progress bars (logs, CI)."),
+) -> None:
+    """Find acquisition cues (aspect, borders, exposure) that alone separate the classes or the sites."""
+    from .data.audit import audit as run_audit
+
+    report = run_audit(data, compare, progress=_progress(no_progress))
+    for line in report.lines():
+        typer.echo(line)
+    if out is not None:
+        _say(f"wrote {report.save(out)}")
+
+
+@app.command()
+@user_errors
 def synth(
     out: Path = typer.Option(..., "--out", help="Folder to create (Kaggle layout + masks/)."),
     n: int = typer.Option(600, "--n", help="Total images across train/val/test."),
