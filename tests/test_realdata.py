@@ -71,3 +71,18 @@ def test_seed_config_trains_and_evaluates_on_real_data(run_cli, tmp_path):
                 "confusion_matrix", "per_class", "macro"):
         assert key in m
     assert m["n"] == 314
+
+
+@needs_real
+def test_audit_finds_the_squash_that_separates_the_real_training_classes(tmp_path):
+    # Every 20th training image per class (67 NORMAL, 194 PNEUMONIA), linked into a split folder.
+    from pneumoscope.data.audit import audit
+
+    for cls in ("NORMAL", "PNEUMONIA"):
+        (tmp_path / cls).mkdir()
+        for f in sorted((REAL / "train" / cls).iterdir())[::20]:
+            (tmp_path / cls / f.name).symlink_to(f)
+    rows = {r.cue: r for r in audit(tmp_path, progress=False).rows}
+    assert rows["aspect"].flag == "constant"  # all 224 x 224: the originals' shape is gone...
+    assert rows["anisotropy"].class_auc > 0.75 and rows["anisotropy"].flag == "strong"  # ...but not their squash
+    assert 0.35 < rows["brightness"].class_auc < 0.65  # equal exposure on average
