@@ -33,8 +33,6 @@ audit flags risks for a person to judge; it does not decide.
 from __future__ import annotations
 
 import json
-import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -44,7 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import DataError
-from .dataset import CLASS_NAMES, Sample, is_split_folder, scan_split_folder
+from .dataset import CLASS_NAMES, Sample, is_split_folder, map_images, scan_split_folder
 from .io import read_image
 
 CUES = ("aspect", "megapixels", "anisotropy", "border", "brightness", "contrast")
@@ -80,16 +78,12 @@ def image_cues(gray: np.ndarray, size: int = AUDIT_SIZE) -> dict[str, float]:
 
 def measure(samples: Sequence[Sample], progress: bool = True, desc: str = "auditing", workers: int | None = None) -> np.ndarray:
     """Cues of every sample → (N, len(CUES)); a bad file stops with an error naming it."""
-    if workers is None:
-        workers = min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
-    from tqdm.auto import tqdm
 
     def one(s: Sample) -> list[float]:
         c = image_cues(read_image(s.path))
         return [c[k] for k in CUES]
 
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        rows = list(tqdm(pool.map(one, samples), total=len(samples), desc=desc, disable=not progress, unit="img", leave=False))
+    rows = list(map_images(one, samples, progress, desc, workers))
     return np.asarray(rows, dtype=np.float64).reshape(len(samples), len(CUES))
 
 

@@ -12,7 +12,7 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Iterator, Sequence, TypeVar
 
 import torch
 
@@ -22,6 +22,8 @@ from .splits import merge_duplicate_groups, patient_id_from_name, patient_split
 from .transforms import Preprocessing
 
 CLASS_NAMES = ("NORMAL", "PNEUMONIA")
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -168,28 +170,28 @@ def resolve_eval_samples(data: str | Path) -> tuple[list[Sample], Path]:
     )
 
 
+def map_images(fn: Callable[[T], R], items: Sequence[T], progress: bool = True, desc: str = "decoding", workers: int | None = None) -> Iterator[R]:
+    """``fn`` over ``items`` in decoding threads, results in order, with a progress bar.
+
+    ``workers`` threads (default: the CPUs this process may use, at most 8). Pillow and
+    libjpeg release the GIL, so threads give a real speed-up on decode.
+    """
+    if workers is None:
+        workers = min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+    from tqdm.auto import tqdm
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        yield from tqdm(pool.map(fn, items), total=len(items), desc=desc, disable=not progress, unit="img", leave=False)
+
+
 def decode_images(
     paths: Sequence[Path], prep: Preprocessing, progress: bool = True, desc: str = "decoding", workers: int | None = None
 ) -> torch.Tensor:
-    """Decode, grey, resize → (N, S, S) uint8. A bad file stops with an error naming it.
-
-    ``workers`` threads decode (default: the CPUs this process may use, at most 8).
-    """
+    """Decode, grey, resize → (N, S, S) uint8. A bad file stops with an error naming it."""
     s = prep.image_size
-    if workers is None:
-        workers = min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
-
-    def one(p: Path) -> torch.Tensor:
-        return prep.to_uint8(read_image(p))
-
     out = torch.empty((len(paths), s, s), dtype=torch.uint8)
-    from tqdm.auto import tqdm
-
-    # Pillow and libjpeg release the GIL, so threads give a real speed-up on decode.
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        it = pool.map(one, paths)
-        for i, arr in enumerate(tqdm(it, total=len(paths), desc=desc, disable=not progress, unit="img", leave=False)):
-            out[i] = arr
+    for i, arr in enumerate(map_images(lambda p: prep.to_uint8(read_image(p)), paths, progress, desc, workers)):
+        out[i] = arr
     return out
 
 
