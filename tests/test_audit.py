@@ -73,8 +73,9 @@ def test_audit_flags_a_class_confound_and_leaves_neutral_cues_alone(tmp_path):
     assert rows["anisotropy"].class_auc == pytest.approx(0.0) and rows["anisotropy"].flag == "strong"  # NORMAL squashed
     assert rows["brightness"].flag == "" and 0.3 < rows["brightness"].class_auc < 0.7
     text = "\n".join(rep.lines())
-    assert "aspect: alone separates the classes (AUC 0.000, higher in NORMAL)" in text
-    assert "brightness: alone" not in text
+    assert "these cues alone separate the classes" in text
+    assert "  aspect: AUC 0.000, higher in NORMAL" in text and "  brightness:" not in text
+    assert "only 10 images in the smaller class" in text
 
 
 def test_audit_reports_constant_cues_and_shift_against_a_second_collection(tmp_path):

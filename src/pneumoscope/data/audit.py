@@ -168,16 +168,22 @@ class AuditReport:
                 f"{', '.join(constant)}: the same for every image"
                 + ("; the images were stored at one shape, so anisotropy is what shows a squash" if "aspect" in constant else "")
             )
-        for r in self.flagged():
+        flagged = self.flagged()
+        if flagged:
+            out.append(
+                "these cues alone separate the classes; where acquisition rather than disease makes them differ, "
+                "a model can learn them instead of the disease: augment or normalise them away"
+            )
+        for r in flagged:
             assert r.class_auc is not None
-            side = p if r.class_auc > 0.5 else n
             moved = [f"{c} {_fmt(a)}" for c, a in r.shift_auc.items() if _strength(a)]
             out.append(
-                f"{r.cue}: alone separates the classes (AUC {r.class_auc:.3f}, higher in {side})"
-                + (f" and moved between the collections (shift {', '.join(moved)})" if moved else "")
-                + ": if acquisition rather than disease makes it differ, a model can learn it instead of the"
-                " disease; augment or normalise it away"
+                f"  {r.cue}: AUC {r.class_auc:.3f}, higher in {p if r.class_auc > 0.5 else n}"
+                + (f"; moved between the collections (shift {', '.join(moved)})" if moved else "")
             )
+        few = min(self.counts.values())
+        if few < 30:
+            out.append(f"only {few} images in the smaller class: these AUCs are rough")
         return out
 
 
