@@ -104,5 +104,17 @@ def test_audit_cli_writes_json_and_errors_are_one_line(run_cli, tmp_path):
     assert not list(out.parent.glob("*.tmp"))
     assert_user_error(run_cli("audit", tmp_path / "nowhere"), "nowhere", "no such folder")
     (tmp_path / "flat").mkdir()
-    assert_user_error(run_cli("audit", tmp_path / "flat"), "flat", "NORMAL/PNEUMONIA")
+    assert_user_error(run_cli("audit", tmp_path / "flat"), "flat", "NORMAL/ and PNEUMONIA/", "train/")
     assert_user_error(run_cli("audit", root, "--compare", tmp_path / "flat"), "flat", "test/")
+
+
+def test_audit_reads_a_manifests_train_rows_and_compares_with_its_test_rows(tmp_path):
+    root = _write_collection(tmp_path / "imgs", normal_shape=(96, 144), pneumonia_shape=(96, 96), n=4)
+    files = sorted(root.rglob("*.png"))
+    lines = ["path,label,split"] + [
+        f"{f.relative_to(tmp_path)},{f.parent.name},{'train' if i % 2 else 'test'}" for i, f in enumerate(files)
+    ]
+    (tmp_path / "m.csv").write_text("\n".join(lines) + "\n")
+    rep = audit(tmp_path / "m.csv", tmp_path / "m.csv", progress=False)
+    assert rep.counts == {"NORMAL": 2, "PNEUMONIA": 2} and rep.compare_counts == {"NORMAL": 2, "PNEUMONIA": 2}
+    assert {r.cue: r for r in rep.rows}["aspect"].class_auc == 0.0

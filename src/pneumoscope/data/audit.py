@@ -41,8 +41,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import DataError
-from .dataset import CLASS_NAMES, Sample, is_split_folder, map_images, scan_split_folder
+from .dataset import CLASS_NAMES, Sample, map_images, resolve_split_samples
 from .io import read_image
 
 CUES = ("aspect", "megapixels", "anisotropy", "border", "brightness", "contrast")
@@ -92,10 +91,9 @@ def _auc(neg: np.ndarray, pos: np.ndarray) -> float | None:
     neg, pos = neg[np.isfinite(neg)], pos[np.isfinite(pos)]
     if len(neg) == 0 or len(pos) == 0:
         return None
-    from scipy.stats import mannwhitneyu
+    from sklearn.metrics import roc_auc_score
 
-    u = mannwhitneyu(pos, neg, alternative="two-sided").statistic
-    return float(u / (len(pos) * len(neg)))
+    return float(roc_auc_score(np.r_[np.zeros(len(neg)), np.ones(len(pos))], np.r_[neg, pos]))
 
 
 def _quartiles(v: np.ndarray) -> list[float]:
@@ -191,27 +189,16 @@ def _fmt(auc: float | None) -> str:
     return "n/a" if auc is None else f"{auc:.3f}"
 
 
-def _collection(path: Path, prefer: str) -> tuple[list[Sample], Path]:
-    """A split folder, or a dataset root's ``prefer`` split (train/ for the audit, test/ to compare)."""
-    if not path.exists():
-        raise DataError(f"{path}: no such folder")
-    if is_split_folder(path):
-        return scan_split_folder(path), path
-    if is_split_folder(path / prefer):
-        return scan_split_folder(path / prefer), path / prefer
-    raise DataError(f"{path}: expected a folder with {'/'.join(CLASS_NAMES)} subfolders, or a dataset root with {prefer}/")
-
-
 def audit(data: str | Path, compare: str | Path | None = None, progress: bool = True) -> AuditReport:
-    """Audit ``data`` (a split folder, or a dataset root's train/), optionally against ``compare``
-    (a split folder, or a dataset root's test/)."""
-    samples, folder = _collection(Path(data), "train")
+    """Audit ``data`` (a split folder, a dataset root's train/ or a CSV's train rows), optionally
+    against ``compare`` (a split folder, a dataset root's test/ or a CSV's test rows)."""
+    samples, folder = resolve_split_samples(data, "train")
     cues = measure(samples, progress, desc=f"auditing {folder.name}")
     labels = np.array([s.label for s in samples])
     other = other_labels = None
     other_folder = None
     if compare is not None:
-        other_samples, other_folder = _collection(Path(compare), "test")
+        other_samples, other_folder = resolve_split_samples(compare, "test")
         other = measure(other_samples, progress, desc=f"auditing {other_folder.name}")
         other_labels = np.array([s.label for s in other_samples])
     rows = []

@@ -149,25 +149,31 @@ def load_splits(data: str | Path, val_source: str = "split", val_fraction: float
     raise DataError(f"unknown val source {val_source!r}; expected split, val or test")
 
 
-def resolve_eval_samples(data: str | Path) -> tuple[list[Sample], Path]:
-    """Samples to evaluate: a split folder (``…/test``), a dataset root (its ``test/``) or a CSV."""
+def resolve_split_samples(data: str | Path, split: str) -> tuple[list[Sample], Path]:
+    """Samples of one split: a split folder itself, a dataset root's ``split``/ folder, or a CSV's
+    ``split`` rows (all its rows when it has no split column)."""
     data = Path(data)
     if not data.exists():
         raise DataError(f"{data}: no such folder or manifest")
     if data.is_file():
         rows = read_manifest(data)
         has_split = any(sp for _, sp in rows)
-        chosen = [s for s, sp in rows if sp == "test"] if has_split else [s for s, _ in rows]
+        chosen = [s for s, sp in rows if sp == split] if has_split else [s for s, _ in rows]
         if not chosen:
-            raise DataError(f"{data}: no rows to evaluate (no split=test rows)")
+            raise DataError(f"{data}: no rows to use (no split={split} rows)")
         return chosen, data
     if is_split_folder(data):
         return scan_split_folder(data), data
-    if is_split_folder(data / "test"):
-        return scan_split_folder(data / "test"), data / "test"
+    if is_split_folder(data / split):
+        return scan_split_folder(data / split), data / split
     raise DataError(
-        f"{data}: expected a split folder with NORMAL/ and PNEUMONIA/ inside, or a dataset root with test/"
+        f"{data}: expected a split folder with NORMAL/ and PNEUMONIA/ inside, or a dataset root with {split}/"
     )
+
+
+def resolve_eval_samples(data: str | Path) -> tuple[list[Sample], Path]:
+    """Samples to evaluate: a split folder (``…/test``), a dataset root (its ``test/``) or a CSV."""
+    return resolve_split_samples(data, "test")
 
 
 def map_images(fn: Callable[[T], R], items: Sequence[T], progress: bool = True, desc: str = "decoding", workers: int | None = None) -> Iterator[R]:
