@@ -102,14 +102,16 @@ def run_shortcut_check(
     cell = max(1, SIZE // exp.raw.shape[-1])  # one cell of the map's grid, in pixels
     near = np.zeros((SIZE, SIZE), dtype=bool)
     near[max(0, y0 - 2 * cell) : y1 + 2 * cell, max(0, x0 - 2 * cell) : x1 + 2 * cell] = True
-    on_marker = float(pointing_hits(maps, np.broadcast_to(near, maps.shape), tolerance=0).mean())
-    marker_mass = float(np.nanmean(mass_inside(maps, np.broadcast_to(near, maps.shape))))
-    lesions = index_masks(marked / "masks" / "test")
-    lesion = np.stack([read_mask(lesions[m_samples[i].path.stem], SIZE) for i in pos])
-    lesion_pointing = float(pointing_hits(maps, lesion, tolerance=2).mean())
-    lungs = index_masks(marked / "lungs")
-    lung = np.stack([read_mask(lungs[m_samples[i].path.stem], SIZE) for i in pos])
-    inside = mass_inside(maps, lung)
+    near_all = np.broadcast_to(near, maps.shape)
+    on_marker = float(pointing_hits(maps, near_all, tolerance=0).mean())
+    marker_mass = float(np.nanmean(mass_inside(maps, near_all)))
+
+    def explained_masks(folder: Path) -> np.ndarray:  # the explained phantoms' masks from folder, stacked
+        index = index_masks(folder)
+        return np.stack([read_mask(index[m_samples[i].path.stem], SIZE) for i in pos])
+
+    lesion_pointing = float(pointing_hits(maps, explained_masks(marked / "masks" / "test"), tolerance=2).mean())
+    inside = mass_inside(maps, explained_masks(marked / "lungs"))
     outside = float(np.nanmean(1.0 - inside)) if np.isfinite(inside).any() else float("nan")
     # A strip of the first few explained phantoms, the seed's hotspot style, upscaled for view.
     tiles = [hotspot_overlay(m_images[pos[k]].numpy().astype(np.float32) / 255.0, exp.raw[k].cpu().numpy())
