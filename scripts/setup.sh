@@ -18,6 +18,6 @@ fi
 stamp=.venv/.pneumoscope-installed
 want=$(sha256sum pyproject.toml | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-  .venv/bin/python -m pip install -q -e '.[test]' >&2
+  .venv/bin/python -m pip install -q -e '.[test,docs]' >&2
   echo "$want" > "$stamp"
 fi

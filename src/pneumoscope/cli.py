@@ -474,6 +474,9 @@ def info(checkpoint: Path = typer.Argument(..., help="A pneumoscope checkpoint."
     typer.echo(json.dumps(meta, indent=2))
 
 
+from . import commands  # noqa: E402,F401  (registers the commands kept in commands/)
+
+
 def main() -> None:
     app()
 
