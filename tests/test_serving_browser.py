@@ -259,7 +259,7 @@ def test_zoom_pan_window_level_and_keys(browser, live_server, files) -> None:
         page.mouse.move(cx - 60, cy - 10, steps=4)
         page.mouse.up()
         s2, tx2, ty2 = scale_and_shift(page)
-        assert s2 == pytest.approx(zoomed) and tx2 - tx1 == pytest.approx(-100, abs=1) and ty2 - ty1 == pytest.approx(-40, abs=1)
+        assert s2 == pytest.approx(zoomed, rel=1e-4) and tx2 - tx1 == pytest.approx(-100, abs=1) and ty2 - ty1 == pytest.approx(-40, abs=1)
 
         # Right-drag sets window/level: the rendered pixels change; the controls follow.
         before = canvas_sum(page)
@@ -279,7 +279,7 @@ def test_zoom_pan_window_level_and_keys(browser, live_server, files) -> None:
         # Reset restores the pixels and the fitted view.
         page.click("#reset")
         page.wait_for_function(f"() => ({CANVAS_SUM})() === {before}")
-        assert scale_and_shift(page) == pytest.approx((fit, tx0, ty0))
+        assert scale_and_shift(page) == pytest.approx((fit, tx0, ty0), rel=1e-4, abs=0.01)
         assert page.input_value("#window") == "256" and page.input_value("#level") == "128"
         # Window 256 / level 128 is the identity: the canvas holds exactly the server's display image.
         assert page.evaluate(IDENTICAL_TO_BASE)
@@ -304,9 +304,9 @@ def test_zoom_pan_window_level_and_keys(browser, live_server, files) -> None:
         page.wait_for_function("() => document.getElementById('canvas').width === 48")
         s_before = scale_and_shift(page)[0]
         page.keyboard.press("=")  # the '+' key without shift
-        assert scale_and_shift(page)[0] == pytest.approx(s_before * 1.25)
+        assert scale_and_shift(page)[0] == pytest.approx(s_before * 1.25, rel=1e-4)
         page.keyboard.press("r")
-        assert scale_and_shift(page)[0] == pytest.approx(s_before)
+        assert scale_and_shift(page)[0] == pytest.approx(s_before, rel=1e-4)
 
 
 def test_layout_never_overlaps_at_three_viewports(browser, live_server, files) -> None:
@@ -340,7 +340,8 @@ def test_layout_never_overlaps_at_three_viewports(browser, live_server, files) -
                 assert results["y"] + results["height"] <= stage["y"], "phone: the list comes above the image"
             else:
                 assert results["x"] + results["width"] <= stage["x"], "desktop: the list is left of the image"
-                assert stage["height"] >= 320
+                # The image fills the first screen without running below it.
+                assert stage["height"] >= 320 and stage["y"] + stage["height"] <= size[1], (name, stage)
             page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
             assert Image.open(ARTIFACTS / f"{name}.png").size[0] == size[0] * (2 if phone else 1)
 

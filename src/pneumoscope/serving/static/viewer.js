@@ -160,6 +160,7 @@ function show(index) {
     `explaining ${r.explanation.target} · model ${r.model}`;
   showDicom(r.dicom);
   $("summary").hidden = false; $("viewer").hidden = false;
+  fitStage();
   $("toggle").disabled = $("download").disabled = false;
   setMessage("");
   if (state.shown !== item) state.view = { zoom: 1, panX: 0, panY: 0 };  // a new image starts fitted
@@ -250,6 +251,16 @@ function geometry() {
   const pw = pane.clientWidth, ph = pane.clientHeight, iw = c.width || 1, ih = c.height || 1;
   const fit = Math.min(pw / iw, ph / ih) || 1;
   return { pw, ph, iw, ih, scale: fit * state.view.zoom };
+}
+
+// On a two-column screen the image fills the first screen down to its bottom edge, whatever
+// the panels above it take; on a phone the CSS keeps it square.
+function fitStage() {
+  const stage = $("stage");
+  if ($("viewer").hidden || window.matchMedia("(max-width: 860px)").matches) { stage.style.height = ""; return; }
+  const top = stage.getBoundingClientRect().top + window.scrollY;
+  const below = $("view-info").offsetHeight + 16;
+  stage.style.height = `${Math.max(320, Math.floor(window.innerHeight - top - below))}px`;
 }
 
 function applyView() {
@@ -467,6 +478,7 @@ document.addEventListener("DOMContentLoaded", () => {
   attachPane($("pane-main"));
   attachPane($("pane-original"));
   new ResizeObserver(applyView).observe($("stage"));
+  window.addEventListener("resize", fitStage);
   document.addEventListener("keydown", onKey);
   loadModel();
 });
