@@ -181,6 +181,18 @@ IDENTICAL_TO_BASE = """() => {
 }"""
 
 
+# Touch pointers 1 and 2 go down 40 px apart about (x, y) and move to 80 px apart.
+PINCH = """([x, y]) => {
+  const pane = document.getElementById('pane-main');
+  const fire = (type, id, dx) => pane.dispatchEvent(new PointerEvent(type, {
+    pointerId: id, pointerType: 'touch', isPrimary: id === 1, button: type === 'pointermove' ? -1 : 0,
+    clientX: x + dx, clientY: y, bubbles: true, cancelable: true }));
+  fire('pointerdown', 1, -20); fire('pointerdown', 2, 20);
+  fire('pointermove', 1, -40); fire('pointermove', 2, 40);
+  fire('pointerup', 1, -40); fire('pointerup', 2, 40);
+}"""
+
+
 def current_row(page) -> int:
     return page.eval_on_selector_all("#results tbody tr", "rs => rs.findIndex(r => r.classList.contains('current'))")
 
@@ -342,6 +354,12 @@ def test_layout_never_overlaps_at_three_viewports(browser, live_server, files) -
                 assert results["x"] + results["width"] <= stage["x"], "desktop: the list is left of the image"
                 # The image fills the first screen without running below it.
                 assert stage["height"] >= 320 and stage["y"] + stage["height"] <= size[1], (name, stage)
+            if phone:
+                # Two fingers spreading apart zoom in (no wheel or keys on a phone).
+                fit = scale_and_shift(page)[0]
+                page.evaluate(PINCH, [stage["x"] + stage["width"] / 2, stage["y"] + stage["height"] / 2])
+                assert scale_and_shift(page)[0] == pytest.approx(fit * 2, rel=1e-3)
+                page.evaluate("() => document.getElementById('reset').click()")
             page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
             assert Image.open(ARTIFACTS / f"{name}.png").size[0] == size[0] * (2 if phone else 1)
 

@@ -317,6 +317,12 @@ function toggleSideBySide() {
 
 function attachPane(pane) {
   let drag = null;
+  const touches = new Map();  // touch points now down on the pane: two of them pinch-zoom
+  let pinch = null;
+  const pinchState = () => {
+    const [a, b] = Array.from(touches.values());
+    return { dist: Math.hypot(a.x - b.x, a.y - b.y) || 1, mx: (a.x + b.x) / 2, my: (a.y + b.y) / 2 };
+  };
   pane.addEventListener("wheel", (e) => {
     if (!state.source) return;
     e.preventDefault();
@@ -328,14 +334,28 @@ function attachPane(pane) {
   pane.addEventListener("contextmenu", (e) => e.preventDefault());  // right-drag is window/level
   pane.addEventListener("pointerdown", (e) => {
     if (!state.source) return;
+    if (e.pointerType === "touch") {
+      touches.set(e.pointerId, { x: e.clientX, y: e.clientY });
+      if (touches.size === 2) { drag = null; pinch = pinchState(); return; }
+    }
     const wl = e.button === 2 || (e.button === 0 && e.shiftKey);
     if (e.button !== 0 && !wl) return;
     e.preventDefault();
-    pane.setPointerCapture(e.pointerId);
+    try { pane.setPointerCapture(e.pointerId); } catch (err) { /* a pointer already gone */ }
     pane.classList.add("dragging");
     drag = { id: e.pointerId, wl, x: e.clientX, y: e.clientY, view: { ...state.view }, win: { ...state.wl } };
   });
   pane.addEventListener("pointermove", (e) => {
+    if (touches.has(e.pointerId)) touches.set(e.pointerId, { x: e.clientX, y: e.clientY });
+    if (pinch && touches.size === 2) {
+      // Two fingers: zoom by the change of their distance about their midpoint, pan with it.
+      const now = pinchState(), rect = pane.getBoundingClientRect();
+      state.view.panX += now.mx - pinch.mx;
+      state.view.panY += now.my - pinch.my;
+      zoomAt(now.dist / pinch.dist, now.mx - rect.left, now.my - rect.top);
+      pinch = now;
+      return;
+    }
     if (!drag || e.pointerId !== drag.id) return;
     const dx = e.clientX - drag.x, dy = e.clientY - drag.y;
     if (drag.wl) {
@@ -348,6 +368,8 @@ function attachPane(pane) {
     }
   });
   const end = (e) => {
+    touches.delete(e.pointerId);
+    if (touches.size < 2) pinch = null;
     if (!drag || e.pointerId !== drag.id) return;
     drag = null;
     pane.classList.remove("dragging");
