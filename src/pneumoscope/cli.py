@@ -436,6 +436,10 @@ def serve(
     max_pending: int = typer.Option(256, "--max-pending", help="Most images queued at once before 503."),
     precision: Precision = typer.Option(Precision.auto, "--precision"),
     device: str = typer.Option("auto", "--device"),
+    show_patient: bool = typer.Option(
+        False, "--show-patient",
+        help="Return a DICOM upload's patient name and ID (shown in the viewer's DICOM panel); off by default.",
+    ),
 ) -> None:
     """Web viewer and HTTP API (FastAPI + uvicorn); the model is loaded once."""
     from .serving import ServeSettings
@@ -444,7 +448,7 @@ def serve(
     settings = ServeSettings(
         host=host, port=port, api_key=api_key, device=device, precision=precision.value,
         max_upload_mb=max_upload_mb, max_megapixels=max_megapixels, max_files=max_files,
-        batch_size=batch_size, workers=workers, max_pending=max_pending,
+        batch_size=batch_size, workers=workers, max_pending=max_pending, show_patient=show_patient,
     ).validate()  # refuse a bad flag (or a public host without a key) before loading the model
     shown = f"[{host}]" if ":" in host else host
     _say(f"serving {checkpoint} at http://{shown}:{port}/  (API docs: /docs; Ctrl-C to stop)")

@@ -34,6 +34,7 @@ from ..explanation.cam import METHODS
 from ..explanation.overlay import DEFAULT_OPACITY, STYLES, heat_layer, render_overlay
 from ..inference import Predictor
 from ..inference import _display as display_image  # the overlay size the CLI uses too
+from .dicom_panel import dicom_panel
 from .engine import InferenceEngine, ModelOutput
 from .settings import ServeSettings
 from .uploads import ApiError, Upload, read_uploads
@@ -206,7 +207,7 @@ def create_app(checkpoint: str | Path | Checkpoint, settings: ServeSettings | No
 
     def result_row(up: Upload, out: ModelOutput) -> dict[str, Any]:
         probs = {names[0]: 1.0 - out.prob, positive: out.prob} if len(names) == 2 else {positive: out.prob}
-        return {
+        row = {
             "filename": up.filename,
             "label": predictor.label_of(out.prob),
             "prob_pneumonia": out.prob,
@@ -214,6 +215,10 @@ def create_app(checkpoint: str | Path | Checkpoint, settings: ServeSettings | No
             "threshold": predictor.threshold,
             "model": mid,
         }
+        panel = dicom_panel(up.data, up.filename, show_patient=settings.show_patient)
+        if panel is not None:
+            row["dicom"] = panel  # a DICOM upload: the header fields of the viewer's panel
+        return row
 
     def error_row(d: _Decoded) -> dict[str, Any]:
         assert d.error is not None
@@ -286,6 +291,7 @@ def create_app(checkpoint: str | Path | Checkpoint, settings: ServeSettings | No
                 "max_files": settings.max_files,
             },
             "auth_required": bool(settings.api_key),
+            "show_patient": settings.show_patient,
             "disclaimer": DISCLAIMER,
         }
 

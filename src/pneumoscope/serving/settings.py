@@ -49,6 +49,9 @@ class ServeSettings:
             on one thread of its own, so requests never interleave inside it).
         max_pending: Most images waiting for or in the model at once; beyond it requests
             get 503 with Retry-After instead of queueing without bound.
+        show_patient: Return a DICOM upload's patient name and ID with its result (the
+            viewer's DICOM panel shows them). Off by default: without it they never leave
+            the server.
     """
 
     host: str = "127.0.0.1"
@@ -62,6 +65,7 @@ class ServeSettings:
     batch_size: int = 16
     workers: int = 2
     max_pending: int = 256
+    show_patient: bool = False
 
     @property
     def max_upload_bytes(self) -> int:
