@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -36,23 +33,10 @@ pytestmark = [
 @pytest.fixture
 def live_server(tiny_ckpt):
     """The app served by uvicorn on a free loopback port, in a thread."""
-    import uvicorn
+    from conftest import serve_in_thread
 
-    app = create_app(tiny_ckpt, ServeSettings(device="cpu", precision="fp32"))
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline, "server did not start"
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
-    sock.close()
+    with serve_in_thread(create_app(tiny_ckpt, ServeSettings(device="cpu", precision="fp32"))) as (host, port):
+        yield f"http://{host}:{port}"
 
 
 def test_viewer_upload_shows_label_and_overlay(live_server, tiny_ckpt, synth_root, tmp_path) -> None:
