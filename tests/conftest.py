@@ -50,6 +50,17 @@ train:
 """
 
 
+# --------------------------------------------------------------------------- test-only dependencies
+
+
+def require(module: str, package: str):
+    """Import ``module`` of a test-only dependency (``.[test]`` in pyproject.toml), or skip the
+    test with a reason that names the missing package and how to install it: never pass silently."""
+    return pytest.importorskip(
+        module, reason=f"{package} is not installed: pip install -e '.[test]' (or pip install {package})"
+    )
+
+
 # --------------------------------------------------------------------------- CLI helpers
 
 

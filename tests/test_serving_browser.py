@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import require, serve_in_thread
 from PIL import Image
 
 from pneumoscope.serving import ServeSettings, create_app
@@ -33,14 +34,12 @@ pytestmark = [
 @pytest.fixture
 def live_server(tiny_ckpt):
     """The app served by uvicorn on a free loopback port, in a thread."""
-    from conftest import serve_in_thread
-
     with serve_in_thread(create_app(tiny_ckpt, ServeSettings(device="cpu", precision="fp32"))) as (host, port):
         yield f"http://{host}:{port}"
 
 
 def test_viewer_upload_shows_label_and_overlay(live_server, tiny_ckpt, synth_root, tmp_path) -> None:
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
+    sync_api = require("playwright.sync_api", "playwright")
     from test_serving import dicom_bytes
 
     from pneumoscope.inference import Predictor
