@@ -7,10 +7,14 @@ first (``shutil.copytree``) so other tests see the pristine version.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import shutil
+import socket
+import threading
+import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import pytest
@@ -44,6 +48,17 @@ train:
       lr: 1.0e-3
       trainable_from: block3_conv1
 """
+
+
+# --------------------------------------------------------------------------- test-only dependencies
+
+
+def require(module: str, package: str):
+    """Import ``module`` of a test-only dependency (``.[test]`` in pyproject.toml), or skip the
+    test with a reason that names the missing package and how to install it: never pass silently."""
+    return pytest.importorskip(
+        module, reason=f"{package} is not installed: pip install -e '.[test]' (or pip install {package})"
+    )
 
 
 # --------------------------------------------------------------------------- CLI helpers
@@ -241,3 +256,33 @@ def bad_file(tmp_path) -> Callable[[str, str], Path]:
 def copy_tree(src: Path, dst: Path, ignore: Sequence[str] = ()) -> Path:
     shutil.copytree(src, dst, ignore=shutil.ignore_patterns(*ignore) if ignore else None)
     return dst
+
+
+# --------------------------------------------------------------------------- a live server
+
+
+@contextlib.contextmanager
+def serve_in_thread(app) -> Iterator[tuple[str, int]]:
+    """Serve ``app`` with uvicorn on a free loopback port in a thread; yields (host, port).
+
+    For what an in-process client cannot show: the bytes a real client puts on the wire
+    (httpx normalises ``/static/../x`` to ``/x`` before sending).
+    """
+    import uvicorn
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    try:
+        while not server.started:
+            assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
+            time.sleep(0.02)
+        yield "127.0.0.1", port
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()

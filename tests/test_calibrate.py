@@ -222,14 +222,30 @@ def test_calibrate_missing_checkpoint(run_cli, synth_root, tmp_path):
 
 
 def test_calibrate_refuses_a_single_class_validation_set(run_cli, tiny_ckpt, synth_root, tmp_path):
+    # A manifest can hold a val split of one class (a folder layout cannot: see below), and then
+    # the operating point itself must refuse it.
+    rows = ["path,label,split"]
+    for split in ("train", "val"):
+        for f in sorted((synth_root / split).rglob("*.png")):
+            if split == "train" or f.parent.name == "PNEUMONIA":
+                rows.append(f"{f},{f.parent.name},{split}")
+    manifest = tmp_path / "one-class-val.csv"
+    manifest.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    n_val = sum(1 for r in rows if r.endswith(",val"))
+    out = tmp_path / "x.ckpt"
+    before = tiny_ckpt.read_bytes()
+    result = run_cli("calibrate", "--checkpoint", tiny_ckpt, "--data", manifest, "--out", out)
+    assert_user_error(result, f"validation data has no NORMAL images ({n_val} images)", "needs both classes")
+    assert not out.exists() and tiny_ckpt.read_bytes() == before
+
+    # The same split as folders: the empty NORMAL/ folder is named before anything is computed.
     data = tmp_path / "data"
     shutil.copytree(synth_root, data)
-    for f in (data / "val" / "NORMAL").iterdir():
-        shutil.copy2(f, data / "val" / "PNEUMONIA" / f"copy-{f.name}")
     shutil.rmtree(data / "val" / "NORMAL")
     (data / "val" / "NORMAL").mkdir()
-    result = run_cli("calibrate", "--checkpoint", tiny_ckpt, "--data", data, "--out", tmp_path / "x.ckpt")
-    assert_user_error(result)
+    result = run_cli("calibrate", "--checkpoint", tiny_ckpt, "--data", data, "--out", out)
+    assert_user_error(result, str(data / "val" / "NORMAL"), "no images of class NORMAL")
+    assert not out.exists()
 
 
 # --------------------------------------------------------------------------- report

@@ -10,7 +10,15 @@ import pneumoscope
 from pneumoscope.errors import ConfigError
 
 
-def reference_gradcam(model, x, layer, target):
+def log_prob_score(logits, c):
+    return torch.log(logits.softmax(1)[0, c] + 1e-8)
+
+
+def logit_score(logits, c):
+    return logits[0, c]
+
+
+def reference_gradcam(model, x, layer, target, score=log_prob_score):
     """Textbook Grad-CAM with a full loss.backward(), one image at a time."""
     maps = []
     for i in range(len(x)):
@@ -22,8 +30,7 @@ def reference_gradcam(model, x, layer, target):
             logits = model(xi)
             act = store["a"]
             act.retain_grad()
-            score = torch.log(logits.softmax(1)[0, target[i]] + 1e-8)
-            score.backward()
+            score(logits, target[i]).backward()
         finally:
             h.remove()
         w = act.grad.mean(dim=(2, 3), keepdim=True)
@@ -65,11 +72,22 @@ def test_predicted_target_and_named_target(model):
     assert pneumoscope.explain(model, x, threshold=1e-6).targets.tolist() == [1, 1, 1]
 
 
-def test_logit_score_differs_from_log_prob_but_both_are_valid(model):
-    x = torch.randn(2, 3, 32, 32)
-    a = pneumoscope.explain(model, x, target=1, score="log_prob")
-    b = pneumoscope.explain(model, x, target=1, score="logit")
-    assert a.raw.shape == b.raw.shape
+def test_logit_score_differs_from_log_prob_and_each_is_its_own_reference(model):
+    torch.manual_seed(2)
+    x = torch.randn(3, 3, 32, 32)
+    layer = pneumoscope.resolve_layer(model, "block3_conv1")
+    targets = torch.tensor([1, 1, 1])
+    a = pneumoscope.explain(model, x, layer="block3_conv1", target=1, score="log_prob")
+    b = pneumoscope.explain(model, x, layer="block3_conv1", target=1, score="logit")
+    ref_log_prob = reference_gradcam(model, x, layer, targets, log_prob_score)
+    ref_logit = reference_gradcam(model, x, layer, targets, logit_score)
+    # Tolerances scaled to the maps (a random tiny model's maps are ~1e-3).
+    atol = 1e-3 * float(ref_logit.abs().max())
+    torch.testing.assert_close(a.raw, ref_log_prob, atol=atol, rtol=1e-4)
+    torch.testing.assert_close(b.raw, ref_logit, atol=atol, rtol=1e-4)
+    # d log p1 = (1 - p1) (d z1 - d z0): the two scores' maps differ by far more than the
+    # tolerance, so the checks above tell the scores apart.
+    assert float((ref_logit - ref_log_prob).abs().max()) > 50 * atol
     with pytest.raises(ConfigError, match="score"):
         pneumoscope.explain(model, x, score="prob")
 
@@ -95,14 +113,27 @@ def test_state_restored_and_hooks_removed_even_after_an_exception(model):
     assert all(p.grad is None for p in model.parameters())
 
 
-def test_inplace_relu_after_hooked_conv_does_not_corrupt_the_map():
-    torch.manual_seed(0)
-    m = pneumoscope.create_model("vgg_tiny").eval()  # inplace ReLUs as built
+def test_inplace_relu_after_hooked_conv_does_not_corrupt_the_map(model):
+    import copy
+
+    inplace = copy.deepcopy(model)
+    for mod in inplace.modules():  # as built: VGG's ReLUs work in place
+        if isinstance(mod, torch.nn.ReLU):
+            mod.inplace = True
+    assert isinstance(inplace.features[7], torch.nn.ReLU) and inplace.features[7].inplace
+    torch.manual_seed(3)
     x = torch.randn(2, 3, 32, 32)
-    conv = pneumoscope.explain(m, x, layer="features.6", target=1)  # the conv before an inplace ReLU
-    assert torch.isfinite(conv.raw).all()
-    relu = pneumoscope.explain(m, x, layer="block3_conv1", target=1)
-    assert torch.isfinite(relu.raw).all()
+    targets = torch.tensor([1, 0])
+    for name in ("features.6", "block3_conv1"):  # the conv before an in-place ReLU, and that ReLU
+        got = pneumoscope.explain(inplace, x, layer=name, target=targets)
+        # The reference model has no in-place ops (see the fixture).
+        ref = reference_gradcam(model, x, pneumoscope.resolve_layer(model, name), targets)
+        torch.testing.assert_close(got.raw, ref, atol=1e-5, rtol=1e-4, msg=name)
+    # The conv's map sees its negative outputs too: it differs from the ReLU's.
+    assert not torch.allclose(
+        pneumoscope.explain(inplace, x, layer="features.6", target=targets).raw,
+        pneumoscope.explain(inplace, x, layer="block3_conv1", target=targets).raw, atol=1e-4,
+    )
 
 
 def test_bad_arguments(model):
@@ -118,11 +149,14 @@ def test_bad_arguments(model):
 
 
 def test_works_under_inference_mode_and_on_cuda_when_present(model):
+    torch.manual_seed(4)
     x = torch.randn(2, 3, 32, 32)
     with torch.inference_mode():
         x_inf = x.clone()
     exp = pneumoscope.explain(model, x_inf, target=1)
-    assert torch.isfinite(exp.raw).all()
+    ref = reference_gradcam(model, x, pneumoscope.resolve_layer(model, "block3_conv1"), torch.tensor([1, 1]))
+    torch.testing.assert_close(exp.raw, ref, atol=1e-5, rtol=1e-4)
+    assert float(ref.abs().max()) > 0  # a map of zeros would match anything
     if torch.cuda.is_available():
         gpu = pneumoscope.explain(model.cuda(), x.cuda(), target=1)
         torch.testing.assert_close(gpu.raw.cpu(), exp.raw, atol=1e-4, rtol=1e-3)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import require
 from torch import nn
 
 import pneumoscope
@@ -22,7 +23,7 @@ LAYER = "block3_conv1"
 
 
 def _pgc_classes() -> dict[str, type]:
-    pgc = pytest.importorskip("pytorch_grad_cam")
+    pgc = require("pytorch_grad_cam", "grad-cam")
     return {
         "gradcam": pgc.GradCAM, "gradcampp": pgc.GradCAMPlusPlus, "hirescam": pgc.HiResCAM,
         "xgradcam": pgc.XGradCAM, "layercam": pgc.LayerCAM, "scorecam": pgc.ScoreCAM,
@@ -30,9 +31,9 @@ def _pgc_classes() -> dict[str, type]:
 
 
 def pgc_maps(model: nn.Module, x: torch.Tensor, method: str, targets: list[int], aug_smooth: bool = False) -> np.ndarray:
+    cls = _pgc_classes()[method]  # first: skips, naming grad-cam, where it is not installed
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    cls = _pgc_classes()[method]
     with cls(model=model, target_layers=[pneumoscope.resolve_layer(model, LAYER)]) as cam:
         if method == "scorecam":
             cam.batch_size = 64

@@ -538,9 +538,21 @@ def test_val_source_test_warns_about_leak(run_cli, synth_root, tiny_config, tmp_
     assert json.loads((out / "summary.json").read_text())["val_source"] == "test"
 
 
-def test_no_args_shows_help(run_cli):
+def test_no_args_shows_help(run_cli, cli_app):
+    import typer
+
+    commands = sorted(typer.main.get_command(cli_app).commands)
+    assert {"train", "predict", "explain", "serve", "models"} <= set(commands)
     result = run_cli()
-    assert "train" in result.output and "predict" in result.output
+    # Click's no_args_is_help: the full help on stdout, exit 2 (no command is a usage error).
+    assert result.exit_code == 2, (result.exit_code, result.output)
+    assert result.stderr == "" and "Traceback" not in result.output
+    assert "Usage:" in result.stdout and "COMMAND [ARGS]" in result.stdout
+    listed = {line.strip("│ ").split()[0] for line in result.stdout.splitlines() if line.strip("│ ")}
+    assert set(commands) <= listed, set(commands) - listed
+    unknown = run_cli("nope")
+    assert unknown.exit_code == 2 and unknown.stdout == ""
+    assert "No such command 'nope'" in unknown.stderr and "Traceback" not in unknown.output
 
 
 # --------------------------------------------------------------------------- DICOM end to end

@@ -196,11 +196,31 @@ def test_ema_tracks_the_weights_and_is_what_validation_sees():
     assert plain.ema is None and plain.eval_model is plain.model
 
 
-def test_ema_run_exports_and_resumes(tmp_path, synth_root):
+def test_ema_run_exports_the_ema_weights_and_resumes(tmp_path, synth_root, monkeypatch):
+    from pneumoscope.checkpoint import load_checkpoint
+    from pneumoscope.training import run as run_module
+
+    snapshots = []  # per validated epoch: (EMA weights, raw weights)
+
+    class Recording(ClassifierModule):
+        def on_validation_epoch_end(self) -> None:
+            super().on_validation_epoch_end()
+            snapshots.append(tuple({k: v.detach().clone() for k, v in m.state_dict().items()}
+                                   for m in (self.ema.module, self.model)))
+
+    monkeypatch.setattr(run_module, "ClassifierModule", Recording)
     cfg = load_config(None, {**TINY, "train.ema_decay": 0.8})
     out = tmp_path / "run"
     r = train(cfg, synth_root, out, progress=False)
     assert r.checkpoint.is_file() and r.best_epoch >= 1
+    assert len(snapshots) == r.summary["epochs_run"] == 3
+    ema, raw = snapshots[r.best_epoch - 1]
+    exported = load_checkpoint(r.checkpoint).model.state_dict()
+    assert exported.keys() == ema.keys()
+    for k, v in exported.items():
+        torch.testing.assert_close(v, ema[k], msg=k)
+    # The EMA lags the trained weights, so holding the EMA is not the same as holding the model.
+    assert any(not torch.allclose(ema[k], raw[k]) for k in ema if k.startswith("head."))
     r2 = train(cfg, synth_root, out, resume=True, progress=False)
     assert r2.best_epoch == r.best_epoch
 

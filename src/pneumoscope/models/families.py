@@ -12,11 +12,10 @@ import re
 from collections import OrderedDict
 from typing import Any, Callable
 
-import torch
 from torch import nn
 
 from .base import Classifier
-from .pretrained import load_backbone_weights, torchvision_state_dict
+from .pretrained import StateDict, features_keys, load_backbone_weights
 from .registry import register_model
 
 
@@ -25,9 +24,15 @@ def _named_features(children: list[tuple[str, nn.Module]]) -> tuple[nn.Sequentia
     return seq, {name: f"features.{name}" for name, _ in children}
 
 
-def _load(model: Classifier, weights: str | None, name: str, state: Callable[[], dict[str, Any]]) -> Classifier:
+def _load(
+    model: Classifier,
+    weights: str | None,
+    name: str,
+    imagenet: Callable[[], Any],
+    to_features: Callable[[StateDict], StateDict] = features_keys,
+) -> Classifier:
     if weights is not None:
-        load_backbone_weights(model, weights, name, state)
+        load_backbone_weights(model, weights, name, imagenet, to_features)
     return model
 
 
@@ -36,12 +41,13 @@ def _load(model: Classifier, weights: str | None, name: str, state: Callable[[],
 _DENSENET_OLD_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$")
 
 
-def _densenet_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def densenet_to_features(state: StateDict) -> StateDict:
+    """torchvision DenseNet keys in either style (``norm.1`` or ``norm1``) → our ``features.*``."""
     out = {}
     for k, v in state.items():
         m = _DENSENET_OLD_KEY.match(k)
         out[m.group(1) + m.group(2) if m else k] = v
-    return out
+    return features_keys(out)
 
 
 @register_model(
@@ -60,10 +66,7 @@ def densenet121(weights: str | None = None, num_classes: int = 2) -> Classifier:
     # torchvision applies F.relu after features.norm5; as a module it can be Grad-CAM's layer.
     features, names = _named_features([*tv.features.named_children(), ("relu5", nn.ReLU(inplace=False))])
     model = Classifier(features, tv.classifier.in_features, names, num_classes=num_classes)
-    return _load(
-        model, weights, "densenet121",
-        lambda: _densenet_keys(torchvision_state_dict(DenseNet121_Weights.IMAGENET1K_V1, "densenet121")),
-    )
+    return _load(model, weights, "densenet121", lambda: DenseNet121_Weights.IMAGENET1K_V1, densenet_to_features)
 
 
 _EFFNET_NAMES = ["stem", "block1", "block2", "block3", "block4", "block5", "block6", "block7", "top"]
@@ -85,7 +88,7 @@ def efficientnet_b0(weights: str | None = None, num_classes: int = 2) -> Classif
     # Keep torchvision's numeric child names so its weights load; friendly names on top.
     names = {friendly: f"features.{i}" for i, friendly in enumerate(_EFFNET_NAMES)}
     model = Classifier(tv.features, tv.classifier[-1].in_features, names, num_classes=num_classes)
-    return _load(model, weights, "efficientnet_b0", lambda: torchvision_state_dict(EfficientNet_B0_Weights.IMAGENET1K_V1, "efficientnet_b0"))
+    return _load(model, weights, "efficientnet_b0", lambda: EfficientNet_B0_Weights.IMAGENET1K_V1)
 
 
 _CONVNEXT_NAMES = ["stem", "stage1", "down2", "stage2", "down3", "stage3", "down4", "stage4"]
@@ -106,4 +109,4 @@ def convnext_tiny(weights: str | None = None, num_classes: int = 2) -> Classifie
     tv = tv_convnext_tiny(weights=None)
     names = {friendly: f"features.{i}" for i, friendly in enumerate(_CONVNEXT_NAMES)}
     model = Classifier(tv.features, tv.classifier[-1].in_features, names, num_classes=num_classes)
-    return _load(model, weights, "convnext_tiny", lambda: torchvision_state_dict(ConvNeXt_Tiny_Weights.IMAGENET1K_V1, "convnext_tiny"))
+    return _load(model, weights, "convnext_tiny", lambda: ConvNeXt_Tiny_Weights.IMAGENET1K_V1)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from .base import Classifier
-from .pretrained import load_backbone_weights, torchvision_state_dict
+from .pretrained import StateDict, load_backbone_weights
 from .registry import register_model
 
 _STAGES = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
@@ -31,8 +31,7 @@ def resnet18(weights: str | None = None, num_classes: int = 2) -> Classifier:
 
     model = _resnet_classifier(tv_resnet18(weights=None), num_classes)
     if weights is not None:
-        state = lambda: _remap(torchvision_state_dict(ResNet18_Weights.IMAGENET1K_V1, "resnet18"))  # noqa: E731
-        load_backbone_weights(model, weights, "resnet18", state)
+        load_backbone_weights(model, weights, "resnet18", lambda: ResNet18_Weights.IMAGENET1K_V1, to_features)
     return model
 
 
@@ -50,8 +49,7 @@ def resnet34(weights: str | None = None, num_classes: int = 2) -> Classifier:
 
     model = _resnet_classifier(tv_resnet34(weights=None), num_classes)
     if weights is not None:
-        state = lambda: _remap(torchvision_state_dict(ResNet34_Weights.IMAGENET1K_V1, "resnet34"))  # noqa: E731
-        load_backbone_weights(model, weights, "resnet34", state)
+        load_backbone_weights(model, weights, "resnet34", lambda: ResNet34_Weights.IMAGENET1K_V1, to_features)
     return model
 
 
@@ -69,17 +67,22 @@ def resnet50(weights: str | None = None, num_classes: int = 2) -> Classifier:
 
     model = _resnet_classifier(tv_resnet50(weights=None), num_classes)
     if weights is not None:
-        state = lambda: _remap(torchvision_state_dict(ResNet50_Weights.IMAGENET1K_V2, "resnet50"))  # noqa: E731
-        load_backbone_weights(model, weights, "resnet50", state)
+        load_backbone_weights(model, weights, "resnet50", lambda: ResNet50_Weights.IMAGENET1K_V2, to_features)
     return model
 
 
-def _remap(state: dict) -> dict:
-    """torchvision ResNet keys (``layer1.0.conv1.weight``) → our ``features.4.0.conv1.weight``."""
+def to_features(state: StateDict) -> StateDict:
+    """torchvision ResNet keys (``layer1.0.conv1.weight``) → ours (``features.4.0.conv1.weight``).
+
+    Keys already in our layout (``features.*``, a backbone saved from pneumoscope) are kept;
+    the ImageNet classifier (``fc.*``) is dropped.
+    """
     index = {n: i for i, n in enumerate(_STAGES)}
     out = {}
     for k, v in state.items():
-        top = k.split(".", 1)[0]
+        top, _, rest = k.partition(".")
         if top in index:
-            out[f"features.{index[top]}.{k.split('.', 1)[1]}"] = v
+            out[f"features.{index[top]}.{rest}"] = v
+        elif top == "features":
+            out[k] = v
     return out

@@ -9,7 +9,7 @@ from __future__ import annotations
 from torch import nn
 
 from .base import Classifier
-from .pretrained import load_backbone_weights, torchvision_state_dict
+from .pretrained import load_backbone_weights
 from .registry import register_model
 
 VGG19_CFG: list[int | str] = [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M",
@@ -57,17 +57,8 @@ def vgg19(weights: str | None = None, num_classes: int = 2) -> Classifier:
     if weights is not None:
         from torchvision.models import VGG19_Weights
 
-        load_backbone_weights(
-            model, weights, "vgg19", lambda: torchvision_state_dict(VGG19_Weights.IMAGENET1K_V1, "vgg19")
-        )
+        load_backbone_weights(model, weights, "vgg19", lambda: VGG19_Weights.IMAGENET1K_V1)
     return model
-
-
-def _no_pretrained(name: str, weights: str | None) -> None:
-    if weights == "imagenet":
-        from ..errors import WeightsUnavailableError
-
-        raise WeightsUnavailableError(f"{name} has no ImageNet weights; use --weights none or a local PATH")
 
 
 @register_model(
@@ -78,11 +69,10 @@ def _no_pretrained(name: str, weights: str | None) -> None:
     description="compact VGG with batch norm (16-32-64-128 channels, 0.3 M parameters) for CPU demos",
 )
 def vgg_small(weights: str | None = None, num_classes: int = 2) -> Classifier:
-    _no_pretrained("vgg_small", weights)
     features, names, ch = make_vgg_features([16, "M", 32, "M", 64, 64, "M", 128, 128], batch_norm=True)
     model = Classifier(features, ch, names, num_classes=num_classes, hidden=64)
     if weights is not None:
-        load_backbone_weights(model, weights, "vgg_small", None)
+        load_backbone_weights(model, weights, "vgg_small")  # no torchvision counterpart
     return model
 
 
@@ -94,9 +84,8 @@ def vgg_small(weights: str | None = None, num_classes: int = 2) -> Classifier:
     description="a few-thousand-parameter VGG for tests",
 )
 def vgg_tiny(weights: str | None = None, num_classes: int = 2) -> Classifier:
-    _no_pretrained("vgg_tiny", weights)
     features, names, ch = make_vgg_features([4, "M", 8, "M", 8])
     model = Classifier(features, ch, names, num_classes=num_classes, hidden=8)
     if weights is not None:
-        load_backbone_weights(model, weights, "vgg_tiny", None)
+        load_backbone_weights(model, weights, "vgg_tiny")  # no torchvision counterpart
     return model
