@@ -90,17 +90,18 @@ def _has_dicom_evidence(ds: Dataset) -> bool:
 
 
 def _parse_dicom(
-    p: Path, *, has_marker: bool, data: bytes | None = None, stop_before_pixels: bool = False
+    p: Path, *, has_marker: bool, data: bytes | None = None, header_only: bool = False
 ) -> Dataset:
     """dcmread with user-facing errors; sets a missing Transfer Syntax UID.
 
     ``data``, when given, is parsed instead of the file ``p`` (which then only names it).
-    ``stop_before_pixels`` reads the header only (for its Rows and Columns).
+    ``header_only`` leaves every long value (the pixel data above all) unread, while still
+    recording that the element is there (unlike ``stop_before_pixels``).
     """
     try:
         # force is needed for preamble-less files; with a marker present keep pydicom's
         # own validation.
-        ds = pydicom.dcmread(_source(p, data), force=not has_marker, stop_before_pixels=stop_before_pixels)
+        ds = pydicom.dcmread(_source(p, data), force=not has_marker, defer_size=4096 if header_only else None)
     except InvalidDicomError as exc:
         raise ImageReadError(
             p, f"not a valid DICOM file ({_one_line(exc)}); {_EXPECTED}"

@@ -218,7 +218,7 @@ def _decode(p: Path, head: bytes, data: bytes | None, max_pixels: int, max_side:
 def _probe(p: Path, head: bytes, data: bytes | None, max_pixels: int) -> tuple[int, int]:
     """The header-only twin of :func:`_decode`: same dispatch, no pixel data read."""
     if _has_dicm_marker(head):
-        return _dicom_size(_parse_dicom(p, has_marker=True, data=data, stop_before_pixels=True), p, max_pixels)
+        return _dicom_header_size(_parse_dicom(p, has_marker=True, data=data, header_only=True), p, max_pixels)
     image = _open_with_pillow(p, data)
     if image is not None:
         with image:
@@ -226,8 +226,13 @@ def _probe(p: Path, head: bytes, data: bytes | None, max_pixels: int) -> tuple[i
         _check_dimensions(p, width, height, max_pixels)
         return width, height
     if p.suffix.lower() in _DICOM_SUFFIXES or _looks_like_raw_dicom(p, head, data):
-        return _dicom_size(_parse_dicom(p, has_marker=False, data=data, stop_before_pixels=True), p, max_pixels)
+        return _dicom_header_size(_parse_dicom(p, has_marker=False, data=data, header_only=True), p, max_pixels)
     raise ImageReadError(p, f"not a recognised image ({_describe_head(head)}); {_EXPECTED_ANY}")
+
+
+def _dicom_header_size(ds: Dataset, p: Path, max_pixels: int) -> tuple[int, int]:
+    _require_pixel_data(ds, p)  # the same first check, and message, as decoding it
+    return _dicom_size(ds, p, max_pixels)
 
 
 def _check_limits(max_pixels: int, max_side: int | None) -> None:

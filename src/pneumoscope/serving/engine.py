@@ -6,8 +6,10 @@ of the shared model, so two explanations must never overlap inside it, and on a 
 batched call beats several competing ones. Requests that arrive while the model is busy
 wait in a queue and are run together as one batch (up to ``batch_size`` images) when it is
 free, so throughput grows with load instead of latency. Decoding uploads and rendering
-overlays run on a small separate pool. At most ``max_pending`` images are admitted at
-once; more get 503 with Retry-After rather than an unbounded queue.
+overlays run on a small separate pool. At most ``max_pending`` images, holding at most
+``max_inflight_pixels`` source pixels together, are admitted at once; more get 503 with
+Retry-After rather than an unbounded queue. Requests are admitted on their images' header
+sizes, before any of them is decoded, so the budget holds for the decoding too.
 """
 
 from __future__ import annotations
@@ -57,10 +59,20 @@ class _Job:
 class InferenceEngine:
     """The model behind the API: batched, on its own thread, with bounded admission."""
 
-    def __init__(self, predictor: Predictor, *, batch_size: int = 16, workers: int = 2, max_pending: int = 256) -> None:
+    def __init__(
+        self,
+        predictor: Predictor,
+        *,
+        batch_size: int = 16,
+        workers: int = 2,
+        max_pending: int = 256,
+        max_inflight_pixels: int | None = None,
+    ) -> None:
         self.predictor = predictor
         self.batch_size = max(1, batch_size)
         self.max_pending = max(1, max_pending)
+        self.max_inflight_pixels = max_inflight_pixels
+        self.inflight_pixels = 0  # source pixels (width x height) of the admitted images
         self.workers = max(1, workers)
         self._model_pool: ThreadPoolExecutor | None = None
         self._cpu_pool: ThreadPoolExecutor | None = None
@@ -101,18 +113,31 @@ class InferenceEngine:
     # ------------------------------------------------------------------ admission
 
     @contextlib.contextmanager
-    def admit(self, n: int) -> Iterator[None]:
-        """Hold room for ``n`` images for the ``with`` block, or raise 503 when saturated."""
+    def admit(self, n: int, pixels: int = 0) -> Iterator[None]:
+        """Hold room for ``n`` images of ``pixels`` source pixels in all, or raise 503 when saturated.
+
+        The caller reads the pixel count from the images' headers and enters this block
+        before decoding them, so a flood of large images is refused while it is still cheap.
+        """
         if self.pending + n > self.max_pending:
             raise ApiError(
                 503, f"the server is busy ({self.pending} images in progress); retry shortly",
                 headers={"Retry-After": "1"},
             )
+        budget = self.max_inflight_pixels
+        if budget is not None and pixels and self.inflight_pixels + pixels > budget:
+            raise ApiError(
+                503, f"the server is busy ({self.inflight_pixels / 1e6:,.0f} of {budget / 1e6:,.0f} megapixels "
+                "in progress, --max-inflight-megapixels); retry shortly",
+                headers={"Retry-After": "1"},
+            )
         self.pending += n
+        self.inflight_pixels += pixels
         try:
             yield
         finally:
             self.pending -= n
+            self.inflight_pixels -= pixels
 
     # ------------------------------------------------------------------ work
 
