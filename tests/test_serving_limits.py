@@ -196,11 +196,13 @@ def test_budget_settings_are_validated_and_reach_uvicorn(run_cli, tiny_ckpt, mon
 
     with pytest.raises(ConfigError, match="--max-inflight-megapixels"):
         ServeSettings(max_request_megapixels=600, max_inflight_megapixels=500).validate()
-    for flag in ("--max-request-megapixels", "--max-inflight-megapixels", "--body-timeout"):
+    for flag in ("--max-request-megapixels", "--max-inflight-megapixels", "--body-timeout", "--max-inflight-upload-mb"):
         with pytest.raises(ConfigError, match=flag):
             ServeSettings(**{flag[2:].replace("-", "_"): 0}).validate()
     with pytest.raises(ConfigError, match="--max-connections"):
         ServeSettings(max_connections=0).validate()
+    with pytest.raises(ConfigError, match="--max-inflight-upload-mb"):
+        ServeSettings(max_upload_mb=100, max_inflight_upload_mb=50).validate()
     calls: list[dict] = []
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append({"app": app, **kw}))
     result = run_cli("serve", "--checkpoint", tiny_ckpt, "--device", "cpu", "--precision", "fp32",
@@ -210,3 +212,67 @@ def test_budget_settings_are_validated_and_reach_uvicorn(run_cli, tiny_ckpt, mon
     assert calls[0]["limit_concurrency"] == 12
     s = calls[0]["app"].state.settings
     assert (s.body_timeout, s.max_request_pixels, s.max_inflight_pixels, s.public_docs) == (7, 50_000_000, 80_000_000, True)
+
+
+def test_upload_bytes_held_by_all_requests_are_budgeted(tiny_ckpt) -> None:
+    import httpx2
+
+    app = create_app(tiny_ckpt, settings(max_upload_mb=1, max_inflight_upload_mb=1.2))
+    gate = _Gate(app.state.engine)
+    noise = io.BytesIO()  # incompressible: ~0.71 MB on the wire
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (840, 840), dtype=np.uint8)).save(noise, format="PNG")
+    data = noise.getvalue()
+    assert 0.7e6 < len(data) < 0.75e6  # one fits in the 1.2 MB budget, two do not
+
+    async def main():
+        async with (
+            app.router.lifespan_context(app),
+            httpx2.AsyncClient(transport=httpx2.ASGITransport(app=app), base_url="http://t") as c,
+        ):
+            first = asyncio.create_task(c.post("/api/predict", files=one("first.png", data)))
+            while not gate.entered.is_set():  # its 0.7 MB are held until it is answered
+                await asyncio.sleep(0.005)
+            second = await c.post("/api/predict", files=one("second.png", data))
+            gate.release.set()
+            first = await first
+            third = await c.post("/api/predict", files=one("third.png", data))  # the bytes were released
+            return first, second, third
+
+    first, second, third = asyncio.run(main())
+    assert first.status_code == 200 and third.status_code == 200
+    msg = error_of(second, 503)
+    assert "--max-inflight-upload-mb" in msg and second.headers["retry-after"] == "1"
+
+
+def test_large_images_leave_a_decode_thread_free_for_small_ones(tiny_ckpt) -> None:
+    import threading
+
+    from pneumoscope.serving.engine import LARGE_IMAGE_PIXELS, InferenceEngine
+
+    engine = InferenceEngine(Predictor(tiny_ckpt, device="cpu", precision="fp32"), workers=2)
+    release = threading.Event()
+    running: list[str] = []
+
+    def work(name: str) -> str:
+        running.append(name)
+        if name.startswith("large"):
+            assert release.wait(30)
+        return name
+
+    async def main():
+        await engine.start()
+        try:
+            large = [asyncio.create_task(engine.run_cpu_sized(LARGE_IMAGE_PIXELS + 1, work, f"large{i}"))
+                     for i in range(3)]
+            await asyncio.sleep(0.2)
+            small = await asyncio.wait_for(engine.run_cpu_sized(1_000_000, work, "small"), 10)
+            started = list(running)
+            release.set()
+            return small, started, await asyncio.gather(*large)
+        finally:
+            release.set()
+            await engine.stop()
+
+    small, started, large = asyncio.run(main())
+    assert small == "small" and large == ["large0", "large1", "large2"]
+    assert started == ["large0", "small"]  # one large decode at a time; the other thread served the small one

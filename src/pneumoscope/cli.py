@@ -429,6 +429,8 @@ def serve(
         help="Require this key on every /api/ call (X-API-Key or Authorization: Bearer).",
     ),
     max_upload_mb: float = typer.Option(50.0, "--max-upload-mb", help="Largest request body (all files), MB."),
+    max_inflight_upload_mb: float = typer.Option(
+        400.0, "--max-inflight-upload-mb", help="Most upload bytes held by all requests at once, MB; more: 503."),
     max_megapixels: float = typer.Option(100.0, "--max-megapixels", help="Largest image, width x height in millions."),
     max_request_megapixels: float = typer.Option(
         256.0, "--max-request-megapixels", help="Most pixels in one request, all images together, in millions (413)."),
@@ -457,6 +459,7 @@ def serve(
         batch_size=batch_size, workers=workers, max_pending=max_pending,
         max_request_megapixels=max_request_megapixels, max_inflight_megapixels=max_inflight_megapixels,
         max_connections=max_connections, body_timeout=body_timeout, public_docs=public_docs,
+        max_inflight_upload_mb=max_inflight_upload_mb,
     ).validate()  # refuse a bad flag (or a public host without a key) before loading the model
     shown = f"[{host}]" if ":" in host else host
     _say(f"serving {checkpoint} at http://{shown}:{port}/  (API docs: /docs; Ctrl-C to stop)")

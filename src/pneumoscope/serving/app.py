@@ -43,7 +43,7 @@ from ..explanation.overlay import DEFAULT_OPACITY, STYLES, heat_layer, render_ov
 from ..inference import MAX_OVERLAY_SIDE, Predictor
 from ..inference import _display as display_image  # the overlay size the CLI uses too
 from .engine import InferenceEngine, ModelOutput
-from .limits import BodyDeadline
+from .limits import BodyLimits
 from .settings import ServeSettings
 from .uploads import ApiError, Upload, read_uploads
 
@@ -167,7 +167,7 @@ def create_app(checkpoint: str | Path | Checkpoint, settings: ServeSettings | No
     app.state.predictor = predictor
     app.state.model_id = mid
     app.state.decode_side = decode_side
-    app.add_middleware(BodyDeadline, seconds=settings.body_timeout)
+    app.add_middleware(BodyLimits, seconds=settings.body_timeout, max_bytes=settings.max_inflight_upload_bytes)
 
     # ----------------------------------------------------------------- errors
 
@@ -240,7 +240,7 @@ def create_app(checkpoint: str | Path | Checkpoint, settings: ServeSettings | No
 
         for d in items:
             if d.error is None:
-                await engine.run_cpu(one, d)
+                await engine.run_cpu_sized(d.pixels, one, d)
 
     def result_row(up: Upload, out: ModelOutput) -> dict[str, Any]:
         probs = {names[0]: 1.0 - out.prob, positive: out.prob} if len(names) == 2 else {positive: out.prob}

@@ -9,7 +9,9 @@ free, so throughput grows with load instead of latency. Decoding uploads and ren
 overlays run on a small separate pool. At most ``max_pending`` images, holding at most
 ``max_inflight_pixels`` source pixels together, are admitted at once; more get 503 with
 Retry-After rather than an unbounded queue. Requests are admitted on their images' header
-sizes, before any of them is decoded, so the budget holds for the decoding too.
+sizes, before any of them is decoded, so the budget holds for the decoding too. Large images
+(over ``LARGE_IMAGE_PIXELS``) are decoded on at most ``workers - 1`` of the decode threads,
+so one thread stays free for ordinary X-rays, which never wait behind a queue of huge ones.
 """
 
 from __future__ import annotations
@@ -34,6 +36,9 @@ from .uploads import ApiError
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+#: Images above this many pixels (a 4000 x 4000 detector has 16 M) take the large-image lane.
+LARGE_IMAGE_PIXELS = 20_000_000
 
 
 @dataclass
@@ -79,6 +84,7 @@ class InferenceEngine:
         self._jobs: collections.deque[_Job] = collections.deque()
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
+        self._large_lane: asyncio.Semaphore | None = None
         self.pending = 0
         self.batches = 0  # model calls so far (for tests and /healthz)
 
@@ -91,6 +97,7 @@ class InferenceEngine:
         self._model_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pneumoscope-model")
         self._cpu_pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="pneumoscope-cpu")
         self._wake = asyncio.Event()
+        self._large_lane = asyncio.Semaphore(max(1, self.workers - 1))
         self._task = asyncio.create_task(self._run(), name="pneumoscope-batcher")
 
     async def stop(self) -> None:
@@ -109,6 +116,7 @@ class InferenceEngine:
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
         self._model_pool = self._cpu_pool = None
+        self._large_lane = None
 
     # ------------------------------------------------------------------ admission
 
@@ -148,6 +156,16 @@ class InferenceEngine:
         assert self._cpu_pool is not None
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._cpu_pool, functools.partial(fn, *args, **kwargs))
+
+    async def run_cpu_sized(self, pixels: int, fn: Callable[..., T], *args: Any) -> T:
+        """:meth:`run_cpu` for work on an image of ``pixels`` pixels: large ones share fewer threads."""
+        if pixels <= LARGE_IMAGE_PIXELS:
+            return await self.run_cpu(fn, *args)
+        if self._large_lane is None:
+            await self.start()
+        assert self._large_lane is not None
+        async with self._large_lane:
+            return await self.run_cpu(fn, *args)
 
     async def predict(self, grays: list[np.ndarray]) -> list[ModelOutput]:
         return await self._submit("predict", "", grays)

@@ -41,6 +41,9 @@ class ServeSettings:
         precision: ``auto``/``fp32``/``bf16``.
         max_upload_mb: Largest request body (all files together), in MB (10**6 bytes).
             Enforced while the body streams in: a bigger upload is cut off with 413.
+        max_inflight_upload_mb: Most request-body bytes held by all requests in progress
+            together, in MB; a body chunk beyond it gets 503 with Retry-After. Bounds the
+            memory of uploads, which each request holds until it is answered.
         max_megapixels: Largest image (width x height), checked from the header before
             any pixel is decoded (413).
         max_request_megapixels: Most pixels in one request, all its images together, read
@@ -71,6 +74,7 @@ class ServeSettings:
     device: str = "auto"
     precision: str = "auto"
     max_upload_mb: float = 50.0
+    max_inflight_upload_mb: float = 400.0
     max_megapixels: float = 100.0
     max_request_megapixels: float = 256.0
     max_inflight_megapixels: float = 512.0
@@ -85,6 +89,10 @@ class ServeSettings:
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 1_000_000)
+
+    @property
+    def max_inflight_upload_bytes(self) -> int:
+        return int(self.max_inflight_upload_mb * 1_000_000)
 
     @property
     def max_pixels(self) -> int:
@@ -114,6 +122,7 @@ class ServeSettings:
             raise ConfigError(f"--precision {self.precision!r}: expected one of {', '.join(PRECISIONS)}")
         for flag, value in (
             ("--max-upload-mb", self.max_upload_mb), ("--max-megapixels", self.max_megapixels),
+            ("--max-inflight-upload-mb", self.max_inflight_upload_mb),
             ("--max-request-megapixels", self.max_request_megapixels),
             ("--max-inflight-megapixels", self.max_inflight_megapixels), ("--body-timeout", self.body_timeout),
         ):
@@ -126,6 +135,11 @@ class ServeSettings:
         ):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{flag} {value!r}: expected a positive integer")
+        if self.max_upload_mb > self.max_inflight_upload_mb:
+            raise ConfigError(
+                f"--max-upload-mb {self.max_upload_mb:g} is more than --max-inflight-upload-mb "
+                f"{self.max_inflight_upload_mb:g}: such an upload could never be received; raise the latter"
+            )
         if self.max_request_megapixels > self.max_inflight_megapixels:
             raise ConfigError(
                 f"--max-request-megapixels {self.max_request_megapixels:g} is more than --max-inflight-megapixels "
