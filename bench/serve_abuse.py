@@ -4,7 +4,8 @@ Starts ``pneumoscope serve`` in a subprocess (on ``--checkpoint``, or on a rando
 initialised demo-sized model saved to a temporary folder), measures its idle resident
 memory, then for ``--duration`` seconds lets ``--clients`` clients post ``--bombs`` solid-grey
 PNGs of ``--side`` x ``--side`` pixels per request (about 120 KB each on the wire for
-10,000 px), back to back, while
+10,000 px), back to back, while from a separate process (so that a client event loop busy
+sending bombs does not inflate the figures)
 
 * a prober times ``GET /healthz`` every ``--health-every`` seconds, and
 * a normal client sends one ordinary chest X-ray JPEG to ``/api/predict`` every

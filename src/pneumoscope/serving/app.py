@@ -166,7 +166,6 @@ def create_app(checkpoint: str | Path | Checkpoint, settings: ServeSettings | No
     app.state.engine = engine
     app.state.predictor = predictor
     app.state.model_id = mid
-    app.state.decode_side = decode_side
     app.add_middleware(BodyLimits, seconds=settings.body_timeout, max_bytes=settings.max_inflight_upload_bytes)
 
     # ----------------------------------------------------------------- errors
