@@ -177,7 +177,9 @@ def read_image_size(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -
 
     Raises:
         ImageReadError: The file is missing, empty, not a supported image, its header is
-            corrupt, or a dimension is zero; :class:`~pneumoscope.errors.ImageTooLargeError`
+            corrupt, a dimension is zero, or it is a DICOM without pixel data (long DICOM
+            values, the pixel data above all, are left unread);
+            :class:`~pneumoscope.errors.ImageTooLargeError`
             when it has more than ``max_pixels`` pixels. A file whose pixel data is
             truncated passes here and fails in :func:`read_image`.
     """
