@@ -228,11 +228,12 @@ def main() -> int:
     ap.add_argument("--rss-goal-gb", type=float, default=2.0, help="goal: peak RSS within idle + this")
     ap.add_argument("--workers", type=int, default=2, help="server --workers (decode threads)")
     ap.add_argument("--serve-arg", action="append", default=[], metavar="ARG",
-                    help="extra argument passed to `pneumoscope serve` (repeat), e.g. --serve-arg=--max-inflight-megapixels=256")
+                    help="extra argument for `pneumoscope serve` (repeat), e.g. --serve-arg=--workers=3")
     args = ap.parse_args()
 
     cpu = cpu_description()
-    print(f"CPU: {cpu['model']}, {cpu['logical_cores']} logical cores, flags: {' '.join(cpu['flags']) or 'none of interest'}")
+    flags = " ".join(cpu["flags"]) or "none of interest"
+    print(f"CPU: {cpu['model']}, {cpu['logical_cores']} logical cores, flags: {flags}")
     bomb, normal = bomb_png(args.side), normal_jpeg()
     print(f"bomb: {args.side}x{args.side} solid-grey PNG, {len(bomb) / 1e3:.0f} KB; {args.bombs} per request "
           f"= {args.bombs * len(bomb) / 1e6:.2f} MB on the wire, {args.bombs * args.side**2 / 1e6:,.0f} megapixels")
@@ -306,7 +307,8 @@ def _run(args: argparse.Namespace, server: subprocess.Popen, base: str, bomb: by
         "attack": {"clients": args.clients, "bombs_per_request": args.bombs, "side": args.side,
                    "bomb_kb": round(len(bomb) / 1e3, 1), "seconds": round(elapsed, 1),
                    "bomb_requests": sum(out["statuses"].values()),
-                   "bomb_latency_p50_s": round(float(np.median(out["bomb_latency"])), 3) if out["bomb_latency"] else None},
+                   "bomb_latency_p50_s": round(float(np.median(out["bomb_latency"])), 3)
+                   if out["bomb_latency"] else None},
         "statuses": out["statuses"],
         "rss_mb": {"idle": round(idle), "peak": round(peak), "peak_over_idle": round(peak - idle),
                    "sampled_max": round(max((m for _, m in sampler.samples), default=0)), "after": round(after)},

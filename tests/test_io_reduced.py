@@ -218,7 +218,7 @@ def test_peak_memory_follows_the_output_not_the_source(tmp_path) -> None:
                           timeout=120, env={"PYTHONPATH": src, "PATH": "/usr/bin:/bin"})
     assert proc.returncode == 0, proc.stderr
     small_png, small_jpeg, full_png = json.loads(proc.stdout.strip().splitlines()[-1]).values()
-    print(f"peak MB over the bytes: full PNG {full_png:.0f}, reduced PNG {small_png:.0f}, reduced JPEG {small_jpeg:.0f}")
+    print(f"peak MB: full PNG {full_png:.0f}, reduced PNG {small_png:.0f}, reduced JPEG {small_jpeg:.0f}")
     assert full_png > 25 + 100, full_png  # the default path: 8-bit decode plus float32 copies (4 bytes/px each)
     assert small_png < 25 + 30, small_png  # one 8-bit copy of the source, nothing at float size
     assert small_jpeg < 25, small_jpeg  # decoded at 1/4 scale: not even one 8-bit copy of the source

@@ -178,7 +178,9 @@ def _dicom_size(ds: Dataset, p: Path, max_pixels: int) -> tuple[int, int]:
         rows = int(ds.get("Rows", 0) or 0)
         columns = int(ds.get("Columns", 0) or 0)
     except (TypeError, ValueError) as exc:
-        raise ImageReadError(p, f"invalid DICOM Rows/Columns ({_one_line(exc)}); expected a valid image DICOM") from None
+        raise ImageReadError(
+            p, f"invalid DICOM Rows/Columns ({_one_line(exc)}); expected a valid image DICOM"
+        ) from None
     _check_dimensions(p, columns, rows, max_pixels)
     return columns, rows
 

@@ -63,7 +63,8 @@ _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     for code, why in {
         400: "Malformed request or unknown option", 401: "Missing or wrong API key",
         408: "The request body arrived too slowly",
-        413: "Upload, image, pixels per request or file count over the limit", 415: "Not multipart, or not an image type",
+        413: "Upload, image, pixels per request or file count over the limit",
+        415: "Not multipart, or not an image type",
         422: "The file is not a readable image", 503: "Server busy; retry",
     }.items()
 }

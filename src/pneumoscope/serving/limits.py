@@ -47,7 +47,8 @@ class BodyLimits:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        deadline = asyncio.get_running_loop().time() + self.seconds
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.seconds
         done = False
         held = 0
 
@@ -56,9 +57,9 @@ class BodyLimits:
             if done:
                 return await receive()
             try:
-                async with asyncio.timeout_at(deadline):
-                    message = await receive()
-            except TimeoutError:
+                # wait_for rather than asyncio.timeout: the package supports Python 3.10.
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
+            except asyncio.TimeoutError:
                 raise ApiError(
                     408, f"the request body did not arrive within {self.seconds:g} s (--body-timeout); "
                     "the upload was too slow", headers={"Connection": "close"},
