@@ -429,11 +429,23 @@ def serve(
         help="Require this key on every /api/ call (X-API-Key or Authorization: Bearer).",
     ),
     max_upload_mb: float = typer.Option(50.0, "--max-upload-mb", help="Largest request body (all files), MB."),
+    max_inflight_upload_mb: float = typer.Option(
+        400.0, "--max-inflight-upload-mb", help="Most upload bytes held by all requests at once, MB; more: 503."),
     max_megapixels: float = typer.Option(100.0, "--max-megapixels", help="Largest image, width x height in millions."),
+    max_request_megapixels: float = typer.Option(
+        256.0, "--max-request-megapixels", help="Most pixels in one request, all images together, in millions (413)."),
+    max_inflight_megapixels: float = typer.Option(
+        512.0, "--max-inflight-megapixels",
+        help="Most pixels of admitted images in the whole server at once, in millions; more: 503 before decoding."),
     max_files: int = typer.Option(16, "--max-files", help="Most files in one request."),
     batch_size: int = typer.Option(16, "--batch-size", help="Most images per model call (waiting requests are batched)."),
     workers: int = typer.Option(2, "--workers", help="Threads decoding uploads and rendering overlays."),
     max_pending: int = typer.Option(256, "--max-pending", help="Most images queued at once before 503."),
+    max_connections: int = typer.Option(
+        64, "--max-connections", help="uvicorn's limit_concurrency: more connections/requests at once get 503."),
+    body_timeout: float = typer.Option(60.0, "--body-timeout", help="Seconds a request may take to send its body (408)."),
+    public_docs: bool = typer.Option(
+        False, "--public-docs", help="Serve /docs and /openapi.json without the API key (by default they need it)."),
     precision: Precision = typer.Option(Precision.auto, "--precision"),
     device: str = typer.Option("auto", "--device"),
     show_patient: bool = typer.Option(
@@ -449,6 +461,9 @@ def serve(
         host=host, port=port, api_key=api_key, device=device, precision=precision.value,
         max_upload_mb=max_upload_mb, max_megapixels=max_megapixels, max_files=max_files,
         batch_size=batch_size, workers=workers, max_pending=max_pending, show_patient=show_patient,
+        max_request_megapixels=max_request_megapixels, max_inflight_megapixels=max_inflight_megapixels,
+        max_connections=max_connections, body_timeout=body_timeout, public_docs=public_docs,
+        max_inflight_upload_mb=max_inflight_upload_mb,
     ).validate()  # refuse a bad flag (or a public host without a key) before loading the model
     shown = f"[{host}]" if ":" in host else host
     _say(f"serving {checkpoint} at http://{shown}:{port}/  (API docs: /docs; Ctrl-C to stop)")

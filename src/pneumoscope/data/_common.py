@@ -39,6 +39,46 @@ def _check_dimensions(p: Path | str, width: int, height: int, max_pixels: int) -
         )
 
 
+def _target_size(width: int, height: int, max_side: int | None) -> tuple[int, int] | None:
+    """``(width, height)`` shrunk so the longer side is ``max_side``; None when it already fits.
+
+    Sides are rounded like the overlay's display size, so shrinking to the display size
+    here and again later is a no-op the second time.
+    """
+    if max_side is None or max(width, height) <= max_side:
+        return None
+    scale = max_side / max(width, height)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def _shrink_array(values: np.ndarray, target: tuple[int, int], band_pixels: int = 1 << 22) -> np.ndarray:
+    """Resize a 2-D numeric array to ``target`` = (width, height), as ``float32``.
+
+    Antialiased bilinear (Pillow's BILINEAR on mode ``F``, the filter of the model's
+    preprocessing), done as two separable passes: the width is shrunk in bands of rows,
+    each converted to float on its own, then the height. The source is never copied to
+    float at full size; the extra memory is one band plus the (height x new width)
+    intermediate.
+    """
+    from PIL import Image
+
+    height, width = values.shape
+    new_w, new_h = target
+    band = max(1, band_pixels // max(width, 1))
+    rows = []
+    for y in range(0, height, band):
+        part = np.ascontiguousarray(values[y : y + band], dtype=np.float32)
+        img = Image.fromarray(part, mode="F") if new_w == width else Image.fromarray(part, mode="F").resize(
+            (new_w, part.shape[0]), Image.Resampling.BILINEAR
+        )
+        rows.append(np.asarray(img, dtype=np.float32))
+    narrow = np.concatenate(rows, axis=0)
+    if new_h == height:
+        return np.ascontiguousarray(narrow)
+    out = Image.fromarray(narrow, mode="F").resize((new_w, new_h), Image.Resampling.BILINEAR)
+    return np.asarray(out, dtype=np.float32).copy()
+
+
 def _scale(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
     if hi == lo:
         return np.zeros(values.shape, dtype=np.float32)

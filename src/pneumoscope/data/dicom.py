@@ -40,6 +40,8 @@ from ._common import (
     _min_max,
     _one_line,
     _scale,
+    _shrink_array,
+    _target_size,
 )
 
 logger = logging.getLogger(__name__)
@@ -87,15 +89,19 @@ def _has_dicom_evidence(ds: Dataset) -> bool:
         return False
 
 
-def _parse_dicom(p: Path, *, has_marker: bool, data: bytes | None = None) -> Dataset:
+def _parse_dicom(
+    p: Path, *, has_marker: bool, data: bytes | None = None, header_only: bool = False
+) -> Dataset:
     """dcmread with user-facing errors; sets a missing Transfer Syntax UID.
 
     ``data``, when given, is parsed instead of the file ``p`` (which then only names it).
+    ``header_only`` leaves every long value (the pixel data above all) unread, while still
+    recording that the element is there (unlike ``stop_before_pixels``).
     """
     try:
         # force is needed for preamble-less files; with a marker present keep pydicom's
         # own validation.
-        ds = pydicom.dcmread(_source(p, data), force=not has_marker)
+        ds = pydicom.dcmread(_source(p, data), force=not has_marker, defer_size=4096 if header_only else None)
     except InvalidDicomError as exc:
         raise ImageReadError(
             p, f"not a valid DICOM file ({_one_line(exc)}); {_EXPECTED}"
@@ -166,11 +172,23 @@ def _check_decoder(ts: dicom_uid.UID, p: Path) -> None:
         )
 
 
-def _dicom_to_gray(ds: Dataset, p: Path, max_pixels: int) -> np.ndarray:
-    _require_pixel_data(ds, p)
-    rows = int(ds.get("Rows", 0) or 0)
-    columns = int(ds.get("Columns", 0) or 0)
+def _dicom_size(ds: Dataset, p: Path, max_pixels: int) -> tuple[int, int]:
+    """(Columns, Rows) of one frame, checked against ``max_pixels``."""
+    try:
+        rows = int(ds.get("Rows", 0) or 0)
+        columns = int(ds.get("Columns", 0) or 0)
+    except (TypeError, ValueError) as exc:
+        raise ImageReadError(
+            p, f"invalid DICOM Rows/Columns ({_one_line(exc)}); expected a valid image DICOM"
+        ) from None
     _check_dimensions(p, columns, rows, max_pixels)
+    return columns, rows
+
+
+def _dicom_to_gray(ds: Dataset, p: Path, max_pixels: int, max_side: int | None = None) -> np.ndarray:
+    _require_pixel_data(ds, p)
+    columns, rows = _dicom_size(ds, p, max_pixels)
+    target = _target_size(columns, rows, max_side)
     ts = dicom_uid.UID(ds.file_meta.TransferSyntaxUID)
     _check_decoder(ts, p)
     frames = int(ds.get("NumberOfFrames", 1) or 1)
@@ -195,12 +213,19 @@ def _dicom_to_gray(ds: Dataset, p: Path, max_pixels: int) -> np.ndarray:
     try:
         if photometric == "PALETTE COLOR":
             rgb = apply_color_lut(arr, ds)
-            gray = _rgb_to_gray(rgb, float(np.iinfo(rgb.dtype).max))
+            gray = _rgb_to_gray(_shrink_channels(rgb, target), float(np.iinfo(rgb.dtype).max))
         elif samples > 1 or arr.ndim == 3:
             # pydicom has already converted YBR to RGB (as_rgb defaults to True).
             bits = int(ds.get("BitsStored", ds.get("BitsAllocated", 8)))
-            gray = _rgb_to_gray(arr, float(2**bits - 1))
+            gray = _rgb_to_gray(_shrink_channels(arr, target), float(2**bits - 1))
         else:
+            if target is not None:
+                # Shrink the stored values before the LUTs: the rescale and a linear
+                # window commute with averaging, and every LUT then runs on the small
+                # image instead of making float64 copies of the full one.
+                arr = _shrink_array(arr, target)
+                if "ModalityLUTSequence" in ds:
+                    arr = np.rint(arr).astype(np.int64)  # a LUT is indexed by integers
             values = apply_modality_lut(arr, ds)
             gray = _voi_normalise(values, ds, p)
             if photometric == "MONOCHROME1":
@@ -218,6 +243,13 @@ def _dicom_to_gray(ds: Dataset, p: Path, max_pixels: int) -> np.ndarray:
             "expected a valid image DICOM",
         ) from None
     return _finish(gray)
+
+
+def _shrink_channels(rgb: np.ndarray, target: tuple[int, int] | None) -> np.ndarray:
+    """Shrink an (H, W, C) image channel by channel; unchanged when ``target`` is None."""
+    if target is None:
+        return rgb
+    return np.stack([_shrink_array(rgb[..., c], target) for c in range(min(3, rgb.shape[-1]))], axis=-1)
 
 
 def _rgb_to_gray(rgb: np.ndarray, full_scale: float) -> np.ndarray:

@@ -16,6 +16,16 @@ Formats:
   ``[0, 1]``; MONOCHROME1 is inverted. Multi-frame files give their first frame.
   The DICOM decoding lives in :mod:`pneumoscope.data.dicom`.
 
+Reduced-size decoding (``max_side``): a reader asked for at most ``max_side`` pixels on the
+long side decodes as little of the source as the format allows and never holds a
+full-size ``float32`` copy: JPEG is decoded at 1/2, 1/4 or 1/8 scale by libjpeg's DCT
+scaling (Pillow's ``draft``), straight to luminance; PNG, BMP and TIFF are decoded in their
+own 8/16-bit mode and shrunk before conversion to float; DICOM pixels are shrunk in their
+stored integer form, in bands of rows, before the Modality and VOI LUTs. Memory per image
+is then about one copy of the source in its stored bit depth (PNG, DICOM) or a fraction of
+it (JPEG), plus the output. :func:`read_image_size` reads only the header, for callers that
+must account for an image's pixels before decoding it (the server's budget).
+
 Every problem a user can fix (missing, empty, truncated or unsupported file, missing
 decoder, oversized image) is raised as :class:`~pneumoscope.errors.ImageReadError`
 naming the file and what was expected, never as a raw library exception.
@@ -35,9 +45,18 @@ from pydicom.dataset import Dataset
 
 from pneumoscope.errors import DataError, ImageReadError, ImageTooLargeError
 
-from ._common import _EXPECTED, _LUMA, _check_dimensions, _finish, _min_max, _one_line
+from ._common import (
+    _EXPECTED,
+    _LUMA,
+    _check_dimensions,
+    _finish,
+    _min_max,
+    _one_line,
+    _target_size,
+)
 from .dicom import (
     _DICOM_SUFFIXES,
+    _dicom_size,
     _dicom_to_gray,
     _looks_like_raw_dicom,
     _parse_dicom,
@@ -53,6 +72,8 @@ __all__ = [
     "read_dicom_bytes",
     "read_image",
     "read_image_bytes",
+    "read_image_size",
+    "read_image_size_bytes",
     "to_uint8",
 ]
 
@@ -78,7 +99,9 @@ _HEAD_BYTES = _DICM_OFFSET + 4
 # --------------------------------------------------------------------------- public API
 
 
-def read_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def read_image(
+    path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS, max_side: int | None = None
+) -> np.ndarray:
     """Read a chest X-ray (JPEG, PNG, BMP, TIFF or DICOM) as a display-ready grey image.
 
     DICOM is recognised by content (``DICM`` at byte 128), by a ``.dcm``/``.dicom``
@@ -91,6 +114,11 @@ def read_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.
             decoded frame). Checked from the header before any pixel is decoded, so a
             decompression bomb costs nothing. For Pillow formats, Pillow's own bomb limit
             (``2 * PIL.Image.MAX_IMAGE_PIXELS``) also applies and is reported the same way.
+        max_side: When set, an image whose longer side exceeds it is returned shrunk
+            (antialiased bilinear, aspect kept, sides rounded) so that its longer side is
+            ``max_side``, decoded at reduced size where the format allows (see the module
+            notes); smaller images are returned exactly as without it. ``None`` (the
+            default): full resolution.
 
     Returns:
         A C-contiguous ``(H, W)`` ``float32`` array in ``[0, 1]`` with bright bone.
@@ -99,15 +127,19 @@ def read_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.
         ImageReadError: The file is missing, a directory, empty, not a supported image,
             truncated or corrupt, a DICOM without pixel data or whose compression has no
             decoder installed, has a zero dimension, or exceeds ``max_pixels``.
-        ValueError: ``max_pixels`` is not a positive integer (a programming error).
+        ValueError: ``max_pixels`` or ``max_side`` is not a positive integer (a programming error).
     """
-    _check_max_pixels(max_pixels)
+    _check_limits(max_pixels, max_side)
     p = _check_file(path)
-    return _decode(p, _read_head(p), None, max_pixels)
+    return _decode(p, _read_head(p), None, max_pixels, max_side)
 
 
 def read_image_bytes(
-    data: bytes, name: str = "upload", *, max_pixels: int = DEFAULT_MAX_PIXELS
+    data: bytes,
+    name: str = "upload",
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_side: int | None = None,
 ) -> np.ndarray:
     """Like :func:`read_image`, for an image held in memory (an upload); nothing touches the disk.
 
@@ -119,6 +151,7 @@ def read_image_bytes(
         name: What to call the input in messages (an upload's file name); only its last
             path component is used, and its suffix counts like a file's (``.dcm``).
         max_pixels: As for :func:`read_image`.
+        max_side: As for :func:`read_image`.
 
     Returns:
         A C-contiguous ``(H, W)`` ``float32`` array in ``[0, 1]`` with bright bone.
@@ -127,34 +160,88 @@ def read_image_bytes(
         ImageReadError: As for :func:`read_image`; :class:`~pneumoscope.errors.ImageTooLargeError`
             (a subclass) when the image exceeds ``max_pixels``.
     """
-    _check_max_pixels(max_pixels)
+    _check_limits(max_pixels, max_side)
     label = _label(name)
     data = bytes(data)
     if not data:
         raise ImageReadError(label, f"file is empty (0 bytes); {_EXPECTED}")
-    return _decode(label, data[:_HEAD_BYTES], data, max_pixels)
+    return _decode(label, data[:_HEAD_BYTES], data, max_pixels, max_side)
 
 
-def _decode(p: Path, head: bytes, data: bytes | None, max_pixels: int) -> np.ndarray:
+def read_image_size(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
+    """Read only an image's header: its ``(width, height)`` in pixels, no pixel decoded.
+
+    The format is recognised exactly as :func:`read_image` does. The size is the stored
+    one (before any EXIF rotation; the pixel count is the same) and, for a multi-frame
+    DICOM, that of one frame (the one :func:`read_image` decodes).
+
+    Raises:
+        ImageReadError: The file is missing, empty, not a supported image, its header is
+            corrupt, a dimension is zero, or it is a DICOM without pixel data (long DICOM
+            values, the pixel data above all, are left unread);
+            :class:`~pneumoscope.errors.ImageTooLargeError`
+            when it has more than ``max_pixels`` pixels. A file whose pixel data is
+            truncated passes here and fails in :func:`read_image`.
+    """
+    _check_limits(max_pixels, None)
+    p = _check_file(path)
+    return _probe(p, _read_head(p), None, max_pixels)
+
+
+def read_image_size_bytes(
+    data: bytes, name: str = "upload", *, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> tuple[int, int]:
+    """Like :func:`read_image_size`, for an image held in memory (an upload)."""
+    _check_limits(max_pixels, None)
+    label = _label(name)
+    if not data:
+        raise ImageReadError(label, f"file is empty (0 bytes); {_EXPECTED}")
+    data = bytes(data)
+    return _probe(label, data[:_HEAD_BYTES], data, max_pixels)
+
+
+def _decode(p: Path, head: bytes, data: bytes | None, max_pixels: int, max_side: int | None) -> np.ndarray:
     """The one decoding path: ``data`` (in memory) when given, else the file ``p``."""
     if _has_dicm_marker(head):
         ds = _parse_dicom(p, has_marker=True, data=data)
-        return _dicom_to_gray(ds, p, max_pixels)
+        return _dicom_to_gray(ds, p, max_pixels, max_side)
 
     image = _open_with_pillow(p, data)
     if image is not None:
         with image:
-            return _pil_to_gray(image, p, max_pixels)
+            return _pil_to_gray(image, p, max_pixels, max_side)
 
     if p.suffix.lower() in _DICOM_SUFFIXES or _looks_like_raw_dicom(p, head, data):
         ds = _parse_dicom(p, has_marker=False, data=data)
-        return _dicom_to_gray(ds, p, max_pixels)
+        return _dicom_to_gray(ds, p, max_pixels, max_side)
     raise ImageReadError(p, f"not a recognised image ({_describe_head(head)}); {_EXPECTED_ANY}")
 
 
-def _check_max_pixels(max_pixels: int) -> None:
+def _probe(p: Path, head: bytes, data: bytes | None, max_pixels: int) -> tuple[int, int]:
+    """The header-only twin of :func:`_decode`: same dispatch, no pixel data read."""
+    if _has_dicm_marker(head):
+        return _dicom_header_size(_parse_dicom(p, has_marker=True, data=data, header_only=True), p, max_pixels)
+    image = _open_with_pillow(p, data)
+    if image is not None:
+        with image:
+            width, height = image.size
+        _check_dimensions(p, width, height, max_pixels)
+        return width, height
+    if p.suffix.lower() in _DICOM_SUFFIXES or _looks_like_raw_dicom(p, head, data):
+        return _dicom_header_size(_parse_dicom(p, has_marker=False, data=data, header_only=True), p, max_pixels)
+    raise ImageReadError(p, f"not a recognised image ({_describe_head(head)}); {_EXPECTED_ANY}")
+
+
+def _dicom_header_size(ds: Dataset, p: Path, max_pixels: int) -> tuple[int, int]:
+    _require_pixel_data(ds, p)  # the same first check, and message, as decoding it
+    return _dicom_size(ds, p, max_pixels)
+
+
+def _check_limits(max_pixels: int, max_side: int | None) -> None:
     if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
         raise ValueError(f"max_pixels must be a positive integer, got {max_pixels!r}")
+    if max_side is not None and (isinstance(max_side, bool) or not isinstance(max_side, int) or max_side < 1):
+        raise ValueError(f"max_side must be a positive integer or None, got {max_side!r}")
 
 
 def _label(name: str) -> Path:
@@ -352,10 +439,17 @@ def _open_with_pillow(p: Path, data: bytes | None = None) -> Image.Image | None:
         ) from None
 
 
-def _pil_to_gray(image: Image.Image, p: Path, max_pixels: int) -> np.ndarray:
+def _pil_to_gray(image: Image.Image, p: Path, max_pixels: int, max_side: int | None = None) -> np.ndarray:
     width, height = image.size
     _check_dimensions(p, width, height, max_pixels)
     fmt = image.format or "image"
+    target = _target_size(width, height, max_side)
+    if target is not None and image.mode in ("L", "RGB", "YCbCr"):
+        # JPEG only (a no-op for other formats): let libjpeg decode at the smallest of
+        # 1/1, 1/2, 1/4, 1/8 scale that still covers the target, straight to luminance
+        # (the Y channel is BT.601 luma, the weights used below), so a huge JPEG never
+        # exists at full size in memory.
+        image.draft("L", target)
     try:
         # load() forces the full decode here, where a truncated stream must raise; we
         # never set ImageFile.LOAD_TRUNCATED_IMAGES, which would pad the image with grey.
@@ -368,6 +462,8 @@ def _pil_to_gray(image: Image.Image, p: Path, max_pixels: int) -> np.ndarray:
             f"image data is truncated or corrupt ({_one_line(exc)}); "
             f"expected a complete {fmt} file",
         ) from None
+    if target is not None:
+        image = _shrink_pil(image, target)
     try:
         # A phone photo of a film or a viewer export may be stored sideways with an EXIF
         # Orientation tag; honour it so the lungs are upright.
@@ -379,6 +475,29 @@ def _pil_to_gray(image: Image.Image, p: Path, max_pixels: int) -> np.ndarray:
             p, f"could not apply the EXIF orientation ({_one_line(exc)}); expected valid EXIF data"
         ) from None
     return _pil_array(oriented)
+
+
+# Modes Pillow resizes as they are; every other mode is reduced to 8-bit luminance first
+# (one byte per source pixel), rather than to RGB or float at full size.
+_RESIZABLE_MODES = ("L", "RGB", "I", "F", "I;16", "I;16L", "I;16B")
+
+
+def _shrink_pil(image: Image.Image, target: tuple[int, int]) -> Image.Image:
+    """Resize a decoded image to ``target`` (antialiased bilinear) in its own bit depth.
+
+    Pillow's BILINEAR widens its triangle filter by the scale factor when it shrinks,
+    exactly like ``torch.nn.functional.interpolate(..., antialias=True)`` in the model's
+    preprocessing, so the reduced image is what that resize would have seen.
+    """
+    if image.mode not in _RESIZABLE_MODES:
+        # 1, P, PA, LA, RGBA, RGBX, CMYK, YCbCr, ...: Pillow's convert("L") drops alpha and
+        # uses the BT.601 weights, like _pil_array's own luminance (up to 8-bit rounding).
+        converted = image.convert("L")
+        converted.info = dict(image.info)  # keep the EXIF orientation for the caller
+        image = converted
+    if image.size == target:
+        return image
+    return image.resize(target, Image.Resampling.BILINEAR)
 
 
 def _pil_array(image: Image.Image) -> np.ndarray:

@@ -3,10 +3,18 @@
 Built by :func:`create_app` from a checkpoint and :class:`~.settings.ServeSettings`; the model
 is loaded once, when the app is created. Every error is JSON ``{"error": "..."}``; user
 mistakes get a 4xx status, never a traceback.
+
+Memory is a budget, not a consequence of what clients send: a request's images are sized
+from their headers first, refused as a whole when they hold more pixels than
+``max_request_megapixels`` (413) or than the server's in-flight budget has room for (503 with
+Retry-After), and only then decoded, at reduced size (the larger of the model input and the
+overlay's display size), so an admitted 100-megapixel image holds a 1024-pixel copy, not a
+full-size float array.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -27,15 +35,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from ..checkpoint import Checkpoint
-from ..data.io import read_dicom_bytes, read_image_bytes, to_uint8
+from ..data.io import read_dicom_bytes, read_image_bytes, read_image_size_bytes, to_uint8
 from ..data.secondary_capture import overlay_secondary_capture, to_dicom_bytes
 from ..errors import ImageReadError, ImageTooLargeError, PneumoscopeError
 from ..explanation.cam import METHODS
 from ..explanation.overlay import DEFAULT_OPACITY, STYLES, heat_layer, render_overlay
-from ..inference import Predictor
+from ..inference import MAX_OVERLAY_SIDE, Predictor
 from ..inference import _display as display_image  # the overlay size the CLI uses too
 from .dicom_panel import dicom_panel
 from .engine import InferenceEngine, ModelOutput
+from .limits import BodyLimits
 from .settings import ServeSettings
 from .uploads import ApiError, Upload, read_uploads
 
@@ -54,7 +63,9 @@ _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     code: {"description": why, "content": _ERROR_SCHEMA}
     for code, why in {
         400: "Malformed request or unknown option", 401: "Missing or wrong API key",
-        413: "Upload, image or file count over the limit", 415: "Not multipart, or not an image type",
+        408: "The request body arrived too slowly",
+        413: "Upload, image, pixels per request or file count over the limit",
+        415: "Not multipart, or not an image type",
         422: "The file is not a readable image", 503: "Server busy; retry",
     }.items()
 }
@@ -65,9 +76,14 @@ _UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-da
 }}}}}
 
 
+#: Paths that describe the API; with an API key they need it too, unless ``public_docs``.
+DOC_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/openapi.json"})
+
+
 @dataclass
 class _Decoded:
     upload: Upload
+    pixels: int = 0  # width x height from the header, before decoding
     gray: np.ndarray | None = None
     error: ImageReadError | None = None
 
@@ -121,7 +137,12 @@ def create_app(checkpoint: str | Path | Checkpoint, settings: ServeSettings | No
     settings = (settings or ServeSettings()).validate()
     predictor = Predictor(checkpoint, device=settings.device, precision=settings.precision, batch_size=settings.batch_size)
     ckpt = predictor.ckpt
-    engine = InferenceEngine(predictor, batch_size=settings.batch_size, workers=settings.workers, max_pending=settings.max_pending)
+    engine = InferenceEngine(
+        predictor, batch_size=settings.batch_size, workers=settings.workers, max_pending=settings.max_pending,
+        max_inflight_pixels=settings.max_inflight_pixels,
+    )
+    # Nothing downstream looks at more than this: the model input, or the overlay's display size.
+    decode_side = max(MAX_OVERLAY_SIDE, ckpt.preprocessing.image_size)
     mid = model_id(ckpt)
     names = list(ckpt.class_names)
     positive = names[ckpt.positive_index]
@@ -147,6 +168,7 @@ def create_app(checkpoint: str | Path | Checkpoint, settings: ServeSettings | No
     app.state.engine = engine
     app.state.predictor = predictor
     app.state.model_id = mid
+    app.add_middleware(BodyLimits, seconds=settings.body_timeout, max_bytes=settings.max_inflight_upload_bytes)
 
     # ----------------------------------------------------------------- errors
 
@@ -184,7 +206,8 @@ def create_app(checkpoint: str | Path | Checkpoint, settings: ServeSettings | No
     @app.middleware("http")
     async def _auth(request: Request, call_next: Any) -> Response:
         path = request.url.path
-        if settings.api_key and path.startswith("/api/") and not _key_ok(request, settings.api_key):
+        protected = path.startswith("/api/") or (path in DOC_PATHS and not settings.public_docs)
+        if settings.api_key and protected and not _key_ok(request, settings.api_key):
             return JSONResponse(
                 {"error": "missing or wrong API key; send it as 'X-API-Key: KEY' or 'Authorization: Bearer KEY'"},
                 status_code=401, headers={"WWW-Authenticate": "Bearer"},
@@ -196,14 +219,29 @@ def create_app(checkpoint: str | Path | Checkpoint, settings: ServeSettings | No
 
     # ----------------------------------------------------------------- helpers
 
-    async def decode(uploads: list[Upload]) -> list[_Decoded]:
-        def one(up: Upload) -> _Decoded:
+    def probe(uploads: list[Upload]) -> list[_Decoded]:
+        """Header only: each file's pixel count, or its error (unreadable header, over max_pixels)."""
+        items = []
+        for up in uploads:
             try:
-                return _Decoded(up, read_image_bytes(up.data, up.filename, max_pixels=settings.max_pixels))
+                width, height = read_image_size_bytes(up.data, up.filename, max_pixels=settings.max_pixels)
+                items.append(_Decoded(up, pixels=width * height))
             except ImageReadError as exc:
-                return _Decoded(up, error=exc)
+                items.append(_Decoded(up, error=exc))
+        return items
 
-        return [await engine.run_cpu(one, up) for up in uploads]
+    async def decode(items: list[_Decoded]) -> None:
+        """Decode the admitted files at reduced size; a file that fails keeps its error."""
+        def one(d: _Decoded) -> None:
+            try:
+                d.gray = read_image_bytes(d.upload.data, d.upload.filename, max_pixels=settings.max_pixels,
+                                          max_side=decode_side)
+            except ImageReadError as exc:
+                d.error = exc
+
+        for d in items:
+            if d.error is None:
+                await engine.run_cpu_sized(d.pixels, one, d)
 
     def result_row(up: Upload, out: ModelOutput) -> dict[str, Any]:
         probs = {names[0]: 1.0 - out.prob, positive: out.prob} if len(names) == 2 else {positive: out.prob}
@@ -225,11 +263,32 @@ def create_app(checkpoint: str | Path | Checkpoint, settings: ServeSettings | No
         return {"filename": d.upload.filename, "error": str(d.error), "status": _status_of(d.error)}
 
     async def receive(request: Request) -> list[_Decoded]:
+        """Read the upload and size its images from their headers; nothing is decoded yet."""
         uploads = await read_uploads(request, max_bytes=settings.max_upload_bytes, max_files=settings.max_files)
-        decoded = await decode(uploads)
-        if len(decoded) == 1 and decoded[0].error is not None:
-            raise decoded[0].error  # a single file: the request fails with the file's status
-        return decoded
+        # Off the event loop (a DICOM header can be long), but not behind the decode pool's queue.
+        items = await asyncio.to_thread(probe, uploads)
+        if len(items) == 1 and items[0].error is not None:
+            raise items[0].error  # a single file: the request fails with the file's status
+        total = sum(d.pixels for d in items)
+        if total > settings.max_request_pixels:
+            raise ApiError(
+                413, f"the images in this request hold {total:,} pixels together, more than the limit of "
+                f"{settings.max_request_pixels:,} per request (--max-request-megapixels); send fewer or smaller images",
+            )
+        return items
+
+    @asynccontextmanager
+    async def admitted(items: list[_Decoded]) -> AsyncIterator[list[_Decoded]]:
+        """Admit the readable files against the server's budget (503 when full), then decode them.
+
+        Yields the files that decoded; the budget is held until the block ends.
+        """
+        ok = [d for d in items if d.error is None]
+        with engine.admit(len(ok), pixels=sum(d.pixels for d in ok)):
+            await decode(ok)
+            if len(items) == 1 and items[0].error is not None:
+                raise items[0].error
+            yield [d for d in ok if d.gray is not None]
 
     def combine(rows: list[dict[str, Any]]) -> dict[str, Any]:
         if len(rows) == 1:
@@ -288,7 +347,7 @@ def create_app(checkpoint: str | Path | Checkpoint, settings: ServeSettings | No
             "precision": predictor.precision,
             "limits": {
                 "max_upload_mb": settings.max_upload_mb, "max_megapixels": settings.max_megapixels,
-                "max_files": settings.max_files,
+                "max_request_megapixels": settings.max_request_megapixels, "max_files": settings.max_files,
             },
             "auth_required": bool(settings.api_key),
             "show_patient": settings.show_patient,
@@ -303,8 +362,7 @@ def create_app(checkpoint: str | Path | Checkpoint, settings: ServeSettings | No
         that cannot be read has its own ``error`` and ``status``.
         """
         decoded = await receive(request)
-        ok = [d for d in decoded if d.gray is not None]
-        with engine.admit(len(ok)):
+        async with admitted(decoded) as ok:
             outputs = await engine.predict([d.gray for d in ok]) if ok else []
         by_id = {id(d): o for d, o in zip(ok, outputs)}
         return combine([result_row(d.upload, by_id[id(d)]) if d.error is None else error_row(d) for d in decoded])
@@ -331,8 +389,7 @@ def create_app(checkpoint: str | Path | Checkpoint, settings: ServeSettings | No
         decoded = await receive(request)
         if format != "json" and len(decoded) > 1:
             raise ApiError(400, f"format={format} takes one file; send several files with format=json")
-        ok = [d for d in decoded if d.gray is not None]
-        with engine.admit(len(ok)):
+        async with admitted(decoded) as ok:
             outputs = await engine.explain([d.gray for d in ok], method) if ok else []
         by_id = {id(d): o for d, o in zip(ok, outputs)}
 

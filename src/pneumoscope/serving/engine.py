@@ -6,8 +6,12 @@ of the shared model, so two explanations must never overlap inside it, and on a 
 batched call beats several competing ones. Requests that arrive while the model is busy
 wait in a queue and are run together as one batch (up to ``batch_size`` images) when it is
 free, so throughput grows with load instead of latency. Decoding uploads and rendering
-overlays run on a small separate pool. At most ``max_pending`` images are admitted at
-once; more get 503 with Retry-After rather than an unbounded queue.
+overlays run on a small separate pool. At most ``max_pending`` images, holding at most
+``max_inflight_pixels`` source pixels together, are admitted at once; more get 503 with
+Retry-After rather than an unbounded queue. Requests are admitted on their images' header
+sizes, before any of them is decoded, so the budget holds for the decoding too. Large images
+(over ``LARGE_IMAGE_PIXELS``) are decoded on at most ``workers - 1`` of the decode threads,
+so one thread stays free for ordinary X-rays, which never wait behind a queue of huge ones.
 """
 
 from __future__ import annotations
@@ -33,6 +37,9 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+#: Images above this many pixels (a 4000 x 4000 detector has 16 M) take the large-image lane.
+LARGE_IMAGE_PIXELS = 20_000_000
+
 
 @dataclass
 class ModelOutput:
@@ -57,16 +64,27 @@ class _Job:
 class InferenceEngine:
     """The model behind the API: batched, on its own thread, with bounded admission."""
 
-    def __init__(self, predictor: Predictor, *, batch_size: int = 16, workers: int = 2, max_pending: int = 256) -> None:
+    def __init__(
+        self,
+        predictor: Predictor,
+        *,
+        batch_size: int = 16,
+        workers: int = 2,
+        max_pending: int = 256,
+        max_inflight_pixels: int | None = None,
+    ) -> None:
         self.predictor = predictor
         self.batch_size = max(1, batch_size)
         self.max_pending = max(1, max_pending)
+        self.max_inflight_pixels = max_inflight_pixels
+        self.inflight_pixels = 0  # source pixels (width x height) of the admitted images
         self.workers = max(1, workers)
         self._model_pool: ThreadPoolExecutor | None = None
         self._cpu_pool: ThreadPoolExecutor | None = None
         self._jobs: collections.deque[_Job] = collections.deque()
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
+        self._large_lane: asyncio.Semaphore | None = None
         self.pending = 0
         self.batches = 0  # model calls so far (for tests and /healthz)
 
@@ -79,6 +97,7 @@ class InferenceEngine:
         self._model_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pneumoscope-model")
         self._cpu_pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="pneumoscope-cpu")
         self._wake = asyncio.Event()
+        self._large_lane = asyncio.Semaphore(max(1, self.workers - 1))
         self._task = asyncio.create_task(self._run(), name="pneumoscope-batcher")
 
     async def stop(self) -> None:
@@ -97,22 +116,36 @@ class InferenceEngine:
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
         self._model_pool = self._cpu_pool = None
+        self._large_lane = None
 
     # ------------------------------------------------------------------ admission
 
     @contextlib.contextmanager
-    def admit(self, n: int) -> Iterator[None]:
-        """Hold room for ``n`` images for the ``with`` block, or raise 503 when saturated."""
+    def admit(self, n: int, pixels: int = 0) -> Iterator[None]:
+        """Hold room for ``n`` images of ``pixels`` source pixels in all, or raise 503 when saturated.
+
+        The caller reads the pixel count from the images' headers and enters this block
+        before decoding them, so a flood of large images is refused while it is still cheap.
+        """
         if self.pending + n > self.max_pending:
             raise ApiError(
                 503, f"the server is busy ({self.pending} images in progress); retry shortly",
                 headers={"Retry-After": "1"},
             )
+        budget = self.max_inflight_pixels
+        if budget is not None and pixels and self.inflight_pixels + pixels > budget:
+            raise ApiError(
+                503, f"the server is busy ({self.inflight_pixels / 1e6:,.0f} of {budget / 1e6:,.0f} megapixels "
+                "in progress, --max-inflight-megapixels); retry shortly",
+                headers={"Retry-After": "1"},
+            )
         self.pending += n
+        self.inflight_pixels += pixels
         try:
             yield
         finally:
             self.pending -= n
+            self.inflight_pixels -= pixels
 
     # ------------------------------------------------------------------ work
 
@@ -123,6 +156,16 @@ class InferenceEngine:
         assert self._cpu_pool is not None
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._cpu_pool, functools.partial(fn, *args, **kwargs))
+
+    async def run_cpu_sized(self, pixels: int, fn: Callable[..., T], *args: Any) -> T:
+        """:meth:`run_cpu` for work on an image of ``pixels`` pixels: large ones share fewer threads."""
+        if pixels <= LARGE_IMAGE_PIXELS:
+            return await self.run_cpu(fn, *args)
+        if self._large_lane is None:
+            await self.start()
+        assert self._large_lane is not None
+        async with self._large_lane:
+            return await self.run_cpu(fn, *args)
 
     async def predict(self, grays: list[np.ndarray]) -> list[ModelOutput]:
         return await self._submit("predict", "", grays)

@@ -21,4 +21,9 @@ def serve(checkpoint: str | Path, settings: ServeSettings, *, log_level: str = "
 
     settings.with_env_key().validate()
     app = create_app(checkpoint, settings)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=log_level, server_header=False)
+    uvicorn.run(
+        app, host=settings.host, port=settings.port, log_level=log_level, server_header=False,
+        # Beyond this many connections or requests at once uvicorn answers 503 itself, before
+        # the app: the outer bound; the app's own budgets (pixels, images) answer JSON within it.
+        limit_concurrency=settings.max_connections,
+    )
