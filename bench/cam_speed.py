@@ -75,8 +75,13 @@ def timed(fn: Callable[[], object], device: torch.device, n_images: int, warmup:
         fn()
         _sync(device)
         seconds.append(time.perf_counter() - t0)
-    spread = f"[median of {len(seconds)}; {n_images / max(seconds):.2f}-{n_images / min(seconds):.2f}]"
+    spread = f"[median of {len(seconds)}; {_rate(n_images / max(seconds))}-{_rate(n_images / min(seconds))}]"
     return n_images / statistics.median(seconds), spread
+
+
+def _rate(ips: float) -> str:
+    """Three significant digits for slow runs (0.0213), two decimals otherwise."""
+    return f"{ips:.2f}" if ips >= 1 else f"{ips:.3g}"
 
 
 def cpu_description() -> str:
@@ -142,7 +147,7 @@ def main() -> None:
     def report(name: str, timing: tuple[float, str], note: str = "") -> float:
         ips, spread = timing
         rows.append((name, ips, note))
-        print(f"{name:34s} {ips:9.2f} img/s {spread} {note}", flush=True)
+        print(f"{name:34s} {_rate(ips):>9s} img/s {spread} {note}", flush=True)
         return ips
 
     ours: dict[tuple[str, str], float] = {}
@@ -210,7 +215,7 @@ def main() -> None:
             ratios = ", ".join(
                 f"ours {p} {ours[(name, p)] / best:.1f}x" + (" (like with like)" if p == "fp32" else " (ours bf16 vs its fp32)")
                 for p in precisions if (name, p) in ours)
-            print(f"{'':34s} vs its best fp32 {best:.2f} img/s: {ratios}", flush=True)
+            print(f"{'':34s} vs its best fp32 {_rate(best)} img/s: {ratios}", flush=True)
         torch.set_grad_enabled(True)
 
 
