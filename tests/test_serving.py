@@ -192,9 +192,13 @@ def test_explain_dicom_secondary_capture_carries_the_study(client, phantoms) -> 
     assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
     assert "pneumoscope" in sc.SeriesDescription and "Grad-CAM" in sc.SeriesDescription
     assert sc.PhotometricInterpretation == "RGB" and sc.SamplesPerPixel == 3
-    assert sc.pixel_array.shape == (gray.shape[0], gray.shape[1], 3)
+    assert sc.pixel_array.shape[1:] == (gray.shape[1], 3)
     png = client.post("/api/explain?format=png", files=one("chest.dcm", source_bytes, "application/dicom"))
-    assert np.array_equal(sc.pixel_array, np.asarray(Image.open(io.BytesIO(png.content))))
+    # The overlay is the PNG's, with a "not for diagnostic use" banner burned in below it.
+    overlay = np.asarray(Image.open(io.BytesIO(png.content)))
+    assert sc.BurnedInAnnotation == "YES" and sc.Rows > overlay.shape[0]
+    assert np.array_equal(sc.pixel_array[: overlay.shape[0]], overlay)
+    assert "WindowCenter" not in sc and "RescaleSlope" not in sc
     # The original is untouched: the source's pixels are still the grey phantom.
     assert np.array_equal(source.pixel_array, gray)
 
