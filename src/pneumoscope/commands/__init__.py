@@ -5,3 +5,5 @@ with ``@app.command()`` and ``@user_errors`` from :mod:`pneumoscope.cli`, and is
 """
 
 from __future__ import annotations
+
+from . import listen  # noqa: E402,F401
