@@ -205,6 +205,10 @@ class DicomNode:
     def stop(self) -> None:
         """Stop accepting, finish the instance being scored, stop the outboxes. The spool keeps the rest."""
         if self._server is not None:
+            # Abort the open associations too: a PACS that keeps one open for reuse must see the
+            # node go, not have its next C-STORE answered by a node that no longer scores.
+            for assoc in list(self._server.active_associations):
+                assoc.abort()
             self._server.shutdown()
             self._server = None
         self._stop.set()
