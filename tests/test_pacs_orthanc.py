@@ -136,6 +136,7 @@ def test_pacs_down_while_results_are_pending_then_everything_arrives(pacs, predi
             pacs.start()
 
 
+@pytest.mark.slow  # two cold starts of `pneumoscope listen` (~10 s); the in-process restart test is in the default run
 def test_node_killed_with_work_spooled_then_restarted_delivers_everything(pacs, ckpt, tmp_path) -> None:
     sources = write_inputs(tmp_path / "in", "KILL")
     spool = tmp_path / "spool"

@@ -69,10 +69,11 @@ def listen(
 
 
 def _configure_logging() -> None:
+    """The node's one line per instance on stderr (the root logger is left alone)."""
     log = logging.getLogger("pneumoscope.dicomnode")
-    if not log.handlers:
+    if not any(getattr(h, "_pneumoscope", False) for h in log.handlers):
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        handler._pneumoscope = True  # type: ignore[attr-defined]
         log.addHandler(handler)
     log.setLevel(logging.INFO)
-    log.propagate = False

@@ -332,15 +332,16 @@ class DicomNode:
         with self._release_lock:
             if not self.spool.scored(key).exists() or any(ob.holds(key) for ob in self.outboxes):
                 return
-            info = self.spool.release(key) or {}
-        self.spool.count("delivered")
-        dests = " ".join(f"{ob.dest.url}=ok(attempts={max(1, ob.attempts.get(key, 1))})" for ob in self.outboxes)
-        received = float(info.get("received", time.time()))
-        logger.info(
-            "instance %s outcome=%s P=%s latency=%.2fs destinations: %s",
-            key, f"scored:{info.get('label', '?')}",
-            f"{info['prob']:.4f}" if "prob" in info else "?", time.time() - received, dests,
-        )
+            info = self.spool.read_info(key)
+            dests = " ".join(f"{ob.dest.url}=ok(attempts={max(1, ob.attempts.get(key, 1))})" for ob in self.outboxes)
+            received = float(info.get("received", time.time()))
+            logger.info(
+                "instance %s outcome=%s P=%s latency=%.2fs destinations: %s",
+                key, f"scored:{info.get('label', '?')}",
+                f"{info['prob']:.4f}" if "prob" in info else "?", time.time() - received, dests,
+            )
+            self.spool.count("delivered")
+            self.spool.release(key)  # last: idle() turns true only when the line is logged
 
 
 def decodable_transfer_syntaxes() -> list[str]:

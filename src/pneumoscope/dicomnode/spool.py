@@ -128,16 +128,18 @@ class Spool:
         if src.exists():
             os.replace(src, self.root / "failed" / f"{key}.dcm")
 
-    def release(self, key: str) -> dict[str, Any] | None:
-        """Delete a scored instance whose results every destination confirmed; its info, or None."""
-        info_path = self.scored_info(key)
+    def read_info(self, key: str) -> dict[str, Any]:
+        """What :meth:`mark_scored` recorded for a scored instance (empty if unreadable)."""
         try:
-            info = json.loads(info_path.read_text(encoding="utf-8"))
+            info = json.loads(self.scored_info(key).read_text(encoding="utf-8"))
         except (OSError, ValueError):
-            info = None
+            return {}
+        return info if isinstance(info, dict) else {}
+
+    def release(self, key: str) -> None:
+        """Delete a scored instance whose results every destination confirmed."""
         self.scored(key).unlink(missing_ok=True)
-        info_path.unlink(missing_ok=True)
-        return info
+        self.scored_info(key).unlink(missing_ok=True)
 
     def scored_keys(self) -> list[str]:
         return sorted(p.stem for p in (self.root / "scored").glob("*.dcm"))
