@@ -10,7 +10,6 @@ from pathlib import Path
 
 import highdicom as hd
 import numpy as np
-import pydicom
 import pytest
 from conftest import assert_user_error
 from dicomnode_util import Collector, free_port, save_tiny_checkpoint, scu, store, wait_for

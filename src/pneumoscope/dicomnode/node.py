@@ -299,21 +299,27 @@ class DicomNode:
         try:
             ds = pydicom.dcmread(path)
             gray = read_image(path)
-        except Exception as exc:  # noqa: BLE001 - undecodable: keep it for a person
-            why = exc.problem if isinstance(exc, ImageReadError) else f"{type(exc).__name__}"
-            self.spool.mark_failed(key, why)
+            prob, label, rgb = self.scorer.score(gray)
+            algorithm = self.scorer.algorithm
+            sr = pneumonia_sr(ds, prob, algorithm)
+            sc = overlay_sc(
+                rgb, ds, algorithm,
+                derivation=f"Grad-CAM overlay (hotspot), model {algorithm.model_id}; predicted {label}, "
+                           f"P(pneumonia) {prob:.3f} at threshold {algorithm.threshold:.3f}",
+            )
+            objects = {"sr": to_dicom_bytes(sr), "sc": to_dicom_bytes(sc)}
+        except OSError:
+            raise  # the disk, not the instance: leave it in incoming/ and try again
+        except Exception as exc:  # noqa: BLE001 - undecodable pixels or attributes highdicom refuses
+            # A library's message may quote attribute values (names, IDs): it goes to failed/<key>.txt,
+            # the log only gets its type.
+            detail = exc.problem if isinstance(exc, ImageReadError) else f"{type(exc).__name__}: {exc}"
+            self.spool.mark_failed(key, detail)
             self.spool.count("failed")
-            logger.warning("instance %s outcome=failed reason=%r latency=%.2fs", key, why, time.time() - received)
+            why = exc.problem if isinstance(exc, ImageReadError) else type(exc).__name__
+            logger.warning("instance %s outcome=failed reason=%r latency=%.2fs (details in failed/%s.txt)",
+                           key, why, time.time() - received, key)
             return
-        prob, label, rgb = self.scorer.score(gray)
-        algorithm = self.scorer.algorithm
-        sr = pneumonia_sr(ds, prob, algorithm)
-        sc = overlay_sc(
-            rgb, ds, algorithm,
-            derivation=f"Grad-CAM overlay (hotspot), model {algorithm.model_id}; predicted {label}, "
-                       f"P(pneumonia) {prob:.3f} at threshold {algorithm.threshold:.3f}",
-        )
-        objects = {"sr": to_dicom_bytes(sr), "sc": to_dicom_bytes(sc)}
         info = {"prob": prob, "label": label, "received": received, "scored": time.time(),
                 "score_seconds": time.time() - t0}
         for ob in self.outboxes:
