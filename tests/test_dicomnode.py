@@ -341,3 +341,21 @@ def test_dimse_sender_reports_an_unreachable_pacs() -> None:
     sender = DimseSender(parse_destination(f"dimse://PACS@127.0.0.1:{free_port()}"), "PNEUMOSCOPE", timeout=2)
     with pytest.raises(DestinationDown):
         sender.send([])
+
+
+def test_auth_file_forms(tmp_path) -> None:
+    from pneumoscope.dicomnode.destinations import DicomWebSender, read_auth_file
+
+    f = tmp_path / "auth"
+    f.write_text("basic alice:s3cr:et\n")
+    assert read_auth_file(f) == ("basic", "alice:s3cr:et")
+    sender = DicomWebSender(parse_destination("dicomweb://127.0.0.1:8042/dicom-web"), read_auth_file(f))
+    assert sender.client._session.auth == ("alice", "s3cr:et")
+    f.write_text("bearer abc.def\n")
+    sender = DicomWebSender(parse_destination("dicomweb://127.0.0.1:8042/dicom-web"), read_auth_file(f))
+    assert sender.client._session.headers["Authorization"] == "Bearer abc.def"
+    f.write_text("alice:secret\n")
+    with pytest.raises(ConfigError, match="basic USER:PASSWORD"):
+        read_auth_file(f)
+    with pytest.raises(ConfigError, match="cannot read"):
+        read_auth_file(tmp_path / "missing")
