@@ -191,6 +191,12 @@ class DicomNode:
         self._stop.clear()
         for key in self.spool.scored_keys():  # results confirmed just before a crash
             self._try_release(key)
+        current = {ob.dir.name for ob in self.outboxes}
+        for folder in sorted((self.spool.root / "outbox").glob("*")):
+            left = len(list(folder.glob("*.dcm"))) if folder.is_dir() and folder.name not in current else 0
+            if left:
+                logger.warning("outbox %s holds %d result file(s) for a destination not given with --send-to; "
+                               "they stay there until it is given again", folder.name, left)
         for ob in self.outboxes:
             ob.start()
         self._worker = threading.Thread(target=self._run_worker, name="pneumoscope-scorer", daemon=True)
