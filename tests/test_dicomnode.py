@@ -223,8 +223,8 @@ def test_outbox_retries_until_the_destination_takes_it(tmp_path, predictor) -> N
     n, _ = make_node(tmp_path / "spool", predictor, sender)
     with n:
         assert store(n.port, synthetic_radiograph("cr_mono1")) == [0]
-        wait_for(lambda: sender.calls >= 2, what="two failed attempts")
-        assert n.spool.scored_keys() and n.outboxes[0].depth() == 1  # kept while unconfirmed
+        wait_for(lambda: sender.calls >= 2 and n.spool.scored_keys(), what="two failed attempts")
+        assert n.outboxes[0].depth() == 1  # kept while unconfirmed
         wait_for(n.idle, what="delivery after retries")
     assert sender.calls == 5 and len(sender.datasets) == 2
     assert spool_status(n.spool.root)["counters"]["delivered"] == 1

@@ -125,8 +125,9 @@ def test_pacs_down_while_results_are_pending_then_everything_arrives(pacs, predi
     try:
         with node_for(pacs, tmp_path / "spool", predictor) as node:
             assert store(pacs.node_port, *sources) == [0, 0, 0]  # the modality sends straight to the node
-            wait_for(lambda: node.outboxes[0].depth() == 3 and node.outboxes[0].failures >= 2, what="failed deliveries")
-            assert len(node.spool.scored_keys()) == 3  # nothing deleted before the PACS confirms
+            wait_for(lambda: len(node.spool.scored_keys()) == 3 and node.outboxes[0].failures >= 2,
+                     what="scoring and failed deliveries")
+            assert node.outboxes[0].depth() == 3  # nothing deleted before the PACS confirms
             pacs.start()
             check_results(pacs, sources, tmp_path, verify=False)
             wait_for(node.idle)
