@@ -41,8 +41,9 @@ def predictor(ckpt) -> Predictor:
 
 def make_node(spool: Path, predictor, sender=None, **kw) -> tuple[DicomNode, Collector]:
     sender = sender or Collector()
+    kw = {"retry_min": 0.05, "retry_max": 0.2, **kw}
     settings = NodeSettings(spool=spool, send_to=[kw.pop("send_to", DEST)], port=0, device="cpu",
-                            precision="fp32", retry_min=0.05, retry_max=0.2, **kw)
+                            precision="fp32", **kw)
     return DicomNode(settings, predictor, senders={settings.send_to[0]: sender}), sender
 
 
@@ -220,7 +221,7 @@ def test_malformed_dataset_is_refused_and_the_node_keeps_serving(node, tmp_path,
 
 def test_outbox_retries_until_the_destination_takes_it(tmp_path, predictor) -> None:
     sender = Collector(down_first=2, refuse_first=2)
-    n, _ = make_node(tmp_path / "spool", predictor, sender)
+    n, _ = make_node(tmp_path / "spool", predictor, sender, retry_min=0.1, retry_max=0.4)
     with n:
         assert store(n.port, synthetic_radiograph("cr_mono1")) == [0]
         wait_for(lambda: sender.calls >= 2 and n.spool.scored_keys(), what="two failed attempts")
