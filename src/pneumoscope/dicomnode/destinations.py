@@ -151,17 +151,17 @@ class DimseSender:
         assoc = ae.associate(self.dest.host, self.dest.port, ae_title=self.dest.ae_title)
         if not assoc.is_established:
             why = "association rejected" if assoc.is_rejected else "no association (unreachable?)"
-            raise DestinationDown(f"{self.dest.url}: {why}")
+            raise DestinationDown(why)
         refused: dict[Path, str] = {}
         try:
             for f in files:
                 ds = pydicom.dcmread(f)
                 status = assoc.send_c_store(ds)
                 if not assoc.is_established and not status:
-                    raise DestinationDown(f"{self.dest.url}: association lost")
+                    raise DestinationDown("association lost")
                 code = int(status.Status) if status and "Status" in status else None
                 if code is None:
-                    raise DestinationDown(f"{self.dest.url}: no C-STORE response")
+                    raise DestinationDown("no C-STORE response")
                 if code not in _STORED:
                     refused[f] = f"C-STORE status 0x{code:04X}"
         finally:
@@ -199,9 +199,9 @@ class DicomWebSender:
             code = exc.response.status_code if exc.response is not None else 0
             if 400 <= code < 500 and code not in (401, 403, 408, 429):
                 return {f: f"STOW-RS HTTP {code}" for f in files}
-            raise DestinationDown(f"{self.dest.url}: HTTP {code}") from None
+            raise DestinationDown(f"HTTP {code}") from None
         except (requests.RequestException, OSError) as exc:
-            raise DestinationDown(f"{self.dest.url}: {type(exc).__name__}") from None
+            raise DestinationDown(type(exc).__name__) from None
         failed = {
             str(item.get("ReferencedSOPInstanceUID", ""))
             for item in (response.get("FailedSOPSequence", []) if response is not None else [])
