@@ -53,27 +53,24 @@ def listen(
         auth_file=auth_file, retry_min=retry_min, retry_max=retry_max, max_associations=max_associations,
         device=device, precision=precision.value,
     )
-    _configure_logging()
-    node = load_node(settings, checkpoint)
-    node.start()
-    _say(f"listening as {ae_title} on {host}:{node.port} (Ctrl-C to stop; `pneumoscope listen --status --spool {spool}`)")
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    try:
-        while not stop.wait(1.0):
-            pass
-    finally:
-        node.stop()
-        _say("stopped; anything not yet delivered stays in the spool")
-
-
-def _configure_logging() -> None:
-    """The node's one line per instance on stderr (the root logger is left alone)."""
     log = logging.getLogger("pneumoscope.dicomnode")
-    if not any(getattr(h, "_pneumoscope", False) for h in log.handlers):
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-        handler._pneumoscope = True  # type: ignore[attr-defined]
-        log.addHandler(handler)
+    handler = logging.StreamHandler()  # the node's one line per instance, on stderr
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(handler)
     log.setLevel(logging.INFO)
+    try:
+        node = load_node(settings, checkpoint)
+        node.start()
+        _say(f"listening as {ae_title} on {host}:{node.port} (Ctrl-C to stop; "
+             f"`pneumoscope listen --status --spool {spool}`)")
+        stop = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+        try:
+            while not stop.wait(1.0):
+                pass
+        finally:
+            node.stop()
+            _say("stopped; anything not yet delivered stays in the spool")
+    finally:
+        log.removeHandler(handler)
