@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import shutil
 import struct
+import subprocess
 import threading
 import zlib
 from pathlib import Path
@@ -169,7 +171,7 @@ def test_explain_png_format(client, phantoms) -> None:
     assert r.content == base64.b64decode(as_json["overlay_png"])
 
 
-def test_explain_dicom_secondary_capture_carries_the_study(client, phantoms) -> None:
+def test_explain_dicom_secondary_capture_carries_the_study(client, phantoms, tmp_path) -> None:
     gray = np.asarray(Image.open(phantoms[0]).convert("L"))
     ids = {
         "PatientID": "PID-0042", "PatientName": "Doe^Jane", "StudyInstanceUID": generate_uid(),
@@ -201,6 +203,12 @@ def test_explain_dicom_secondary_capture_carries_the_study(client, phantoms) -> 
     assert "WindowCenter" not in sc and "RescaleSlope" not in sc
     # The original is untouched: the source's pixels are still the grey phantom.
     assert np.array_equal(source.pixel_array, gray)
+    dciodvfy = shutil.which("dciodvfy")
+    if dciodvfy:  # dicom3tools: the object a PACS would receive is valid (warnings allowed)
+        path = tmp_path / "sc.dcm"
+        path.write_bytes(r.content)
+        out = subprocess.run([dciodvfy, str(path)], capture_output=True, text=True)
+        assert not [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("Error")], out.stderr
 
 
 def test_explain_dicom_from_png_starts_a_new_study(client, phantoms) -> None:
