@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import shutil
 import struct
+import subprocess
 import threading
 import zlib
 from pathlib import Path
@@ -169,7 +171,7 @@ def test_explain_png_format(client, phantoms) -> None:
     assert r.content == base64.b64decode(as_json["overlay_png"])
 
 
-def test_explain_dicom_secondary_capture_carries_the_study(client, phantoms) -> None:
+def test_explain_dicom_secondary_capture_carries_the_study(client, phantoms, tmp_path) -> None:
     gray = np.asarray(Image.open(phantoms[0]).convert("L"))
     ids = {
         "PatientID": "PID-0042", "PatientName": "Doe^Jane", "StudyInstanceUID": generate_uid(),
@@ -192,11 +194,21 @@ def test_explain_dicom_secondary_capture_carries_the_study(client, phantoms) -> 
     assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
     assert "pneumoscope" in sc.SeriesDescription and "Grad-CAM" in sc.SeriesDescription
     assert sc.PhotometricInterpretation == "RGB" and sc.SamplesPerPixel == 3
-    assert sc.pixel_array.shape == (gray.shape[0], gray.shape[1], 3)
+    assert sc.pixel_array.shape[1:] == (gray.shape[1], 3)
     png = client.post("/api/explain?format=png", files=one("chest.dcm", source_bytes, "application/dicom"))
-    assert np.array_equal(sc.pixel_array, np.asarray(Image.open(io.BytesIO(png.content))))
+    # The overlay is the PNG's, with a "not for diagnostic use" banner burned in below it.
+    overlay = np.asarray(Image.open(io.BytesIO(png.content)))
+    assert sc.BurnedInAnnotation == "YES" and sc.Rows > overlay.shape[0]
+    assert np.array_equal(sc.pixel_array[: overlay.shape[0]], overlay)
+    assert "WindowCenter" not in sc and "RescaleSlope" not in sc
     # The original is untouched: the source's pixels are still the grey phantom.
     assert np.array_equal(source.pixel_array, gray)
+    dciodvfy = shutil.which("dciodvfy")
+    if dciodvfy:  # dicom3tools: the object a PACS would receive is valid (warnings allowed)
+        path = tmp_path / "sc.dcm"
+        path.write_bytes(r.content)
+        out = subprocess.run([dciodvfy, str(path)], capture_output=True, text=True)
+        assert not [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("Error")], out.stderr
 
 
 def test_explain_dicom_from_png_starts_a_new_study(client, phantoms) -> None:

@@ -36,7 +36,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .. import __version__
 from ..checkpoint import Checkpoint
 from ..data.io import read_dicom_bytes, read_image_bytes, read_image_size_bytes, to_uint8
-from ..data.secondary_capture import overlay_secondary_capture, to_dicom_bytes
+from ..data.results import Algorithm, overlay_sc, to_dicom_bytes
 from ..errors import ImageReadError, ImageTooLargeError, PneumoscopeError
 from ..explanation.cam import METHODS
 from ..explanation.overlay import DEFAULT_OPACITY, STYLES, heat_layer, render_overlay
@@ -436,8 +436,9 @@ def create_app(checkpoint: str | Path | Checkpoint, settings: ServeSettings | No
             except ImageReadError:
                 source = None  # a JPEG/PNG: the overlay starts a new study
             rgb = render_overlay(display_image(d.gray), out.raw, style)
-            ds = overlay_secondary_capture(
-                rgb, source, software_version=f"pneumoscope {__version__}",
+            algorithm = Algorithm(model_id=mid, threshold=predictor.threshold, method=method)
+            ds = overlay_sc(
+                rgb, source, algorithm,
                 derivation=f"{method} overlay ({style}) of layer {ckpt.target_layer}, model {mid}; "
                            f"predicted {label}, P({positive}) {out.prob:.3f} at threshold {predictor.threshold:.3f}",
             )
