@@ -26,7 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+import lightning as L
 import torch
+from lightning.pytorch.callbacks import BasePredictionWriter
 
 from ..checkpoint import Checkpoint, load_checkpoint
 from ..distributed import DistributedConfig, trainer_kwargs
@@ -89,110 +91,107 @@ class ScoringResult:
     manifest: Path | None = None
 
 
-def _module_class() -> type:
-    import lightning as L
+class ScoringModule(L.LightningModule):
+    """The checkpoint's model in Lightning's predict loop: probabilities, or explanations with gradients on."""
 
-    class _ScoringModule(L.LightningModule):
-        """The checkpoint's model in Lightning's predict loop: probabilities, or explanations with gradients on."""
+    def __init__(self, ckpt: Checkpoint, precision: str, batch_size: int, explain: dict[str, Any] | None) -> None:
+        super().__init__()
+        self.model = ckpt.model
+        self._ckpt = ckpt
+        self._precision = precision
+        self._batch_size = batch_size
+        self._explain = explain
+        self.predictor: Predictor | None = None
 
-        def __init__(self, ckpt: Checkpoint, precision: str, batch_size: int, explain: dict[str, Any] | None) -> None:
-            super().__init__()
-            self.model = ckpt.model
-            self._ckpt = ckpt
-            self._precision = precision
-            self._batch_size = batch_size
-            self._explain = explain
-            self.predictor: Predictor | None = None
+    def on_predict_start(self) -> None:
+        # Built on this rank's device, which Lightning chose (cuda:LOCAL_RANK, or the CPU).
+        self.predictor = Predictor(self._ckpt, device=self.device, precision=self._precision, batch_size=self._batch_size)
 
-        def on_predict_start(self) -> None:
-            # Built on this rank's device, which Lightning chose (cuda:LOCAL_RANK, or the CPU).
-            self.predictor = Predictor(self._ckpt, device=self.device, precision=self._precision, batch_size=self._batch_size)
-
-        def predict_step(self, batch: dict[str, Any], batch_idx: int) -> Any:
-            assert self.predictor is not None
-            if batch["x"] is None:
-                return None
-            if self._explain is None:
-                return self.predictor.calibrated(self.predictor.logits(batch["x"])).tolist()
-            exp = self.predictor.explain_batch(batch["x"], **self._explain)
-            # Only what the writer needs, on the CPU: the raw maps, probabilities and targets.
-            return dataclasses.replace(exp, maps=exp.maps[:0].cpu(), raw=exp.raw.cpu(), probs=exp.probs.cpu(),
-                                       targets=exp.targets.cpu())
-
-    return _ScoringModule
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> Any:
+        assert self.predictor is not None
+        if batch["x"] is None:
+            return None
+        if self._explain is None:
+            return self.predictor.calibrated(self.predictor.logits(batch["x"])).tolist()
+        exp = self.predictor.explain_batch(batch["x"], **self._explain)
+        # Only what the writer needs, on the CPU: the raw maps, probabilities and targets.
+        return dataclasses.replace(exp, maps=exp.maps[:0].cpu(), raw=exp.raw.cpu(), probs=exp.probs.cpu(),
+                                   targets=exp.targets.cpu())
 
 
-def _writer_class() -> type:
-    from lightning.pytorch.callbacks import BasePredictionWriter
+class PartWriter(BasePredictionWriter):
+    """Writes each rank's rows to its own part files (and explanations per image) as batches finish."""
 
-    class PartWriter(BasePredictionWriter):
-        """Writes each rank's rows to its own part files (and explanations per image) as batches finish."""
+    def __init__(self, job: ScoringJob, store: PartStore, stems: list[str] | None, settings: dict[str, Any],
+                 render_threads: int = 2) -> None:
+        super().__init__(write_interval="batch")
+        self.job, self.store, self.stems, self.settings = job, store, stems, settings
+        self.rank = 0
+        self._rows: list[dict[str, Any]] = []
+        self._pending: list[Future] = []
+        self._threads = render_threads
+        self._pool: ThreadPoolExecutor | None = None  # made in setup: a spawned process cannot inherit threads
 
-        def __init__(self, job: ScoringJob, store: PartStore, stems: list[str] | None, settings: dict[str, Any],
-                     render_threads: int = 2) -> None:
-            super().__init__(write_interval="batch")
-            self.job, self.store, self.stems, self.settings = job, store, stems, settings
-            self.rank = 0
-            self._rows: list[dict[str, Any]] = []
-            self._pending: list[Future] = []
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        self.rank = trainer.global_rank
+        if self.job.explain is not None and self._pool is None:
             # Overlays are PNG-encoded off the loop's thread; a row is written only after its files are.
-            self._pool = ThreadPoolExecutor(render_threads) if job.explain is not None else None
+            self._pool = ThreadPoolExecutor(self._threads)
+        if trainer.is_global_zero:
+            self.store.write_settings(self.settings)
+        if self.job.explain is not None:
+            self.job.explain.out.mkdir(parents=True, exist_ok=True)
 
-        def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
-            self.rank = trainer.global_rank
-            if trainer.is_global_zero:
-                self.store.write_settings(self.settings)
-            if self.job.explain is not None:
-                self.job.explain.out.mkdir(parents=True, exist_ok=True)
-
-        def write_on_batch_end(self, trainer: Any, pl_module: Any, prediction: Any, batch_indices: Any,
-                               batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
-            predictor: Predictor = pl_module.predictor
-            ex = self.job.explain
-            for j, index in enumerate(batch["index"]):
-                path = str(self.job.inputs[index])
-                row: dict[str, Any] = {"index": index, "path": path, "label": "", "prob_pneumonia": None,
-                                       "threshold": predictor.threshold, "error": batch["error"][j]}
-                k = batch["slot"][j]
-                if k < 0:
-                    if ex is not None:
-                        row["entry"] = json.dumps({"path": path, "error": row["error"]})
-                elif ex is None:
-                    prob = float(prediction[k])
-                    row.update(label=predictor.label_of(prob), prob_pneumonia=prob)
-                else:
-                    assert self._pool is not None and self.stems is not None
-                    stem = self.stems[index]
-                    self._pending.append(self._pool.submit(
-                        write_explanation, ex.out, stem, batch["display"][k], prediction.raw[k].numpy(), ex.style))
-                    pred, entry = predictor.explanation_row(path, prediction, k, f"{stem}.overlay.png", f"{stem}.cam.npy")
-                    row.update(label=pred.label, prob_pneumonia=pred.prob_pneumonia, entry=json.dumps(entry))
-                self._rows.append(row)
-            if len(self._rows) >= self.job.part_rows:
-                self.flush()
-
-        def flush(self) -> None:
-            """Write the rows collected so far as one part file (after their overlays are on disk)."""
-            pending, self._pending = self._pending, []
-            for f in pending:
-                f.result()
-            if self._rows:
-                rows, self._rows = self._rows, []
-                self.store.write(rows, self.rank)
-
-        def on_predict_end(self, trainer: Any, pl_module: Any) -> None:
+    def write_on_batch_end(self, trainer: Any, pl_module: Any, prediction: Any, batch_indices: Any,
+                           batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+        predictor: Predictor = pl_module.predictor
+        ex = self.job.explain
+        for j, index in enumerate(batch["index"]):
+            path = str(self.job.inputs[index])
+            row: dict[str, Any] = {"index": index, "path": path, "label": "", "prob_pneumonia": None,
+                                   "threshold": predictor.threshold, "error": batch["error"][j]}
+            k = batch["slot"][j]
+            if k < 0:
+                if ex is not None:
+                    row["entry"] = json.dumps({"path": path, "error": row["error"]})
+            elif ex is None:
+                prob = float(prediction[k])
+                row.update(label=predictor.label_of(prob), prob_pneumonia=prob)
+            else:
+                assert self._pool is not None and self.stems is not None
+                stem = self.stems[index]
+                self._pending.append(self._pool.submit(
+                    write_explanation, ex.out, stem, batch["display"][k], prediction.raw[k].numpy(), ex.style))
+                pred, entry = predictor.explanation_row(path, prediction, k, f"{stem}.overlay.png", f"{stem}.cam.npy")
+                row.update(label=pred.label, prob_pneumonia=pred.prob_pneumonia, entry=json.dumps(entry))
+            self._rows.append(row)
+        if len(self._rows) >= self.job.part_rows:
             self.flush()
 
-        def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
-            # Finished rows are good rows: keep them for --resume even when the run stops.
-            with contextlib.suppress(Exception):
-                self.flush()
+    def flush(self) -> None:
+        """Write the rows collected so far as one part file (after their overlays are on disk)."""
+        pending, self._pending = self._pending, []
+        for f in pending:
+            f.result()
+        if self._rows:
+            rows, self._rows = self._rows, []
+            self.store.write(rows, self.rank)
 
-        def close(self) -> None:
-            if self._pool is not None:
-                self._pool.shutdown(wait=True)
+    def on_predict_end(self, trainer: Any, pl_module: Any) -> None:
+        self.flush()
 
-    return PartWriter
+    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+        # Finished rows are good rows: keep them for --resume even when the run stops.
+        with contextlib.suppress(Exception):
+            self.flush()
+
+    def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
 
 
 @contextlib.contextmanager
@@ -245,7 +244,7 @@ def score(job: ScoringJob) -> ScoringResult:
     if job.out is None and job.explain is None:
         raise ConfigError("nothing to write: give an output table or an explanation folder")
     ckpt = job.checkpoint if isinstance(job.checkpoint, Checkpoint) else load_checkpoint(job.checkpoint, "cpu")
-    base = Predictor(ckpt, device="cpu", precision="fp32", batch_size=job.batch_size)
+    base = Predictor(ckpt, device="cpu", precision=job.precision, batch_size=job.batch_size)
     ex = job.explain
     explain_args: dict[str, Any] | None = None
     if ex is not None:
@@ -286,6 +285,7 @@ def score(job: ScoringJob) -> ScoringResult:
                                       score=ex.score, tta=ex.tta, style=ex.style)
         atomic_write_text(manifest_path, json.dumps(manifest, indent=2))
     store.remove()  # only now: until the outputs are in place, the part files are the record
+    _remove_stale_temps(job.out, ex.out if ex is not None else None)
     return ScoringResult(True, n=len(job.inputs), scored=len(todo), failures=_failures(table), out=job.out,
                          manifest=manifest_path)
 
@@ -294,11 +294,10 @@ def _run(job: ScoringJob, dist: DistributedConfig, device: torch.device | None, 
          stems: list[str] | None, settings: dict[str, Any], todo: list[int],
          explain_args: dict[str, Any] | None) -> tuple[Any, bool]:
     """Lightning's predict loop over ``todo``; returns the module and whether this is rank 0."""
-    import lightning as L
     from torch.utils.data import DataLoader
 
-    module = _module_class()(ckpt, job.precision, job.batch_size, explain_args)
-    writer = _writer_class()(job, store, stems, settings)
+    module = ScoringModule(ckpt, job.precision, job.batch_size, explain_args)
+    writer = PartWriter(job, store, stems, settings)
     dataset = ImageFiles(job.inputs, todo, ckpt.preprocessing, display=job.explain is not None)
     kw = trainer_kwargs(dist, device)
     loader = DataLoader(dataset, batch_size=job.batch_size, shuffle=False, num_workers=job.workers, collate_fn=collate,
@@ -341,6 +340,19 @@ def _settings(job: ScoringJob, ckpt: Checkpoint) -> dict[str, Any]:
             "style": ex.style, "score": ex.score, "tta": ex.tta,
         },
     }
+
+
+def _remove_stale_temps(out: Path | None, explain_dir: Path | None) -> None:
+    """Temporary files a killed process left behind (atomic writes that never got their rename)."""
+    patterns: list[tuple[Path, str]] = []
+    if out is not None:
+        patterns.append((out.parent, f".{out.name}.*.tmp"))
+    if explain_dir is not None:
+        patterns += [(explain_dir, ".*.overlay.png.*.tmp"), (explain_dir, ".*.cam.npy.*.tmp"),
+                     (explain_dir, ".manifest.json.*.tmp")]
+    for folder, pattern in patterns:
+        for f in folder.glob(pattern):
+            f.unlink(missing_ok=True)
 
 
 def _failures(table: Any) -> list[tuple[str, str]]:
