@@ -257,6 +257,12 @@ def _score(inputs: list[Path], checkpoint: Path, out: Optional[Path], explain: A
     return score(job)
 
 
+def _scored_line(result: Any) -> str:
+    resumed = result.n - result.scored
+    rate = f" in {result.seconds:.1f} s ({result.images_per_second:.1f} img/s)" if result.seconds else ""
+    return f"scored {result.scored} of {result.n} inputs{rate}" + (f"; {resumed} already written" if resumed else "")
+
+
 _DEVICES_HELP = "Processes per node (GPUs, or CPU processes with --accelerator cpu)."
 _RESUME_HELP = "Continue an interrupted run: skip the inputs already in its part files or in --out."
 _PART_ROWS_HELP = "Rows each process collects before writing a part file (what a kill can cost)."
@@ -310,6 +316,7 @@ def predict(
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
     failed = _report_failures(result.failures)
+    _say(_scored_line(result))
     if failed:
         _say(f"{failed} of {result.n} inputs failed")
         raise typer.Exit(1)
@@ -351,6 +358,7 @@ def explain(
     if not result.is_global_zero:
         return
     failed = _report_failures(result.failures)
+    _say(_scored_line(result))
     _say(f"explained {result.n - failed} of {result.n} images; manifest: {result.manifest}")
     if failed:
         raise typer.Exit(1)

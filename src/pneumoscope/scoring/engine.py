@@ -20,6 +20,7 @@ import dataclasses
 import json
 import logging
 import os
+import time
 import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -89,6 +90,11 @@ class ScoringResult:
     failures: list[tuple[str, str]] = field(default_factory=list)
     out: Path | None = None
     manifest: Path | None = None
+    seconds: float = 0.0  # the prediction loop, from rank 0's first batch until every rank had finished
+
+    @property
+    def images_per_second(self) -> float:
+        return self.scored / self.seconds if self.seconds > 0 else 0.0
 
 
 class ScoringModule(L.LightningModule):
@@ -131,6 +137,7 @@ class PartWriter(BasePredictionWriter):
         self._pending: list[Future] = []
         self._threads = render_threads
         self._pool: ThreadPoolExecutor | None = None  # made in setup: a spawned process cannot inherit threads
+        self.started = 0.0
 
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
         self.rank = trainer.global_rank
@@ -176,6 +183,9 @@ class PartWriter(BasePredictionWriter):
         if self._rows:
             rows, self._rows = self._rows, []
             self.store.write(rows, self.rank)
+
+    def on_predict_start(self, trainer: Any, pl_module: Any) -> None:
+        self.started = time.perf_counter()
 
     def on_predict_end(self, trainer: Any, pl_module: Any) -> None:
         self.flush()
@@ -267,9 +277,9 @@ def score(job: ScoringJob) -> ScoringResult:
     todo = [i for i, p in enumerate(job.inputs) if str(p) not in done]
     stems = _stems(job.inputs) if ex is not None else None
 
-    module = None
+    module, seconds = None, 0.0
     if todo or dist.world_size > 1:  # every rank of a DDP job must enter the loop, even with nothing left
-        module, is_zero = _run(job, dist, device, ckpt, store, stems, settings, todo, explain_args)
+        module, is_zero, seconds = _run(job, dist, device, ckpt, store, stems, settings, todo, explain_args)
     else:
         is_zero = _is_global_zero()
     if not is_zero:
@@ -287,13 +297,13 @@ def score(job: ScoringJob) -> ScoringResult:
     store.remove()  # only now: until the outputs are in place, the part files are the record
     _remove_stale_temps(job.out, ex.out if ex is not None else None)
     return ScoringResult(True, n=len(job.inputs), scored=len(todo), failures=_failures(table), out=job.out,
-                         manifest=manifest_path)
+                         manifest=manifest_path, seconds=seconds)
 
 
 def _run(job: ScoringJob, dist: DistributedConfig, device: torch.device | None, ckpt: Checkpoint, store: PartStore,
          stems: list[str] | None, settings: dict[str, Any], todo: list[int],
-         explain_args: dict[str, Any] | None) -> tuple[Any, bool]:
-    """Lightning's predict loop over ``todo``; returns the module and whether this is rank 0."""
+         explain_args: dict[str, Any] | None) -> tuple[Any, bool, float]:
+    """Lightning's predict loop over ``todo``; returns the module, whether this is rank 0, and the loop's seconds."""
     from torch.utils.data import DataLoader
 
     module = ScoringModule(ckpt, job.precision, job.batch_size, explain_args)
@@ -315,9 +325,10 @@ def _run(job: ScoringJob, dist: DistributedConfig, device: torch.device | None, 
             trainer.predict(module, dataloaders=loader, return_predictions=False)
             writer.flush()
             trainer.strategy.barrier("pneumoscope-merge")  # every rank's part files are on disk
+            seconds = time.perf_counter() - writer.started if writer.started else 0.0
     finally:
         writer.close()
-    return module, trainer.is_global_zero
+    return module, trainer.is_global_zero, seconds
 
 
 def _stems(inputs: Sequence[Path]) -> list[str]:
