@@ -7,6 +7,7 @@ extra process), exactly as a user runs it.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import signal
@@ -189,6 +190,29 @@ def test_resume_after_a_crash_scores_only_what_is_missing(monkeypatch, run_cli, 
     assert [e["path"] for e in man["images"]] == [str(p) for p in inputs]
     assert [e.get("overlay") for e in man["images"]] == [e.get("overlay") for e in ref["images"]]
     assert sorted(f.name for f in cams.iterdir()) == sorted(f.name for f in (tmp_path / "ref").iterdir())
+
+
+def test_a_row_is_written_only_after_its_overlay(monkeypatch, tiny_ckpt, tmp_path):
+    from pneumoscope.scoring import engine
+
+    inputs = sorted(_inputs(tmp_path / "in", 6).iterdir())
+    original = engine.write_explanation
+
+    def failing(out, stem, *args):
+        if stem == "img-003":
+            raise OSError(28, "No space left on device")
+        return original(out, stem, *args)
+
+    monkeypatch.setattr(engine, "write_explanation", failing)
+    job = ScoringJob(inputs=inputs, checkpoint=tiny_ckpt, explain=ExplainSettings(tmp_path / "cams"), device="cpu",
+                     precision="fp32", batch_size=6, part_rows=6)
+    with pytest.raises(OSError, match="No space"):
+        score(job)
+    written = read_parts_paths(parts_folder(tmp_path / "cams"))
+    assert sorted(written) == sorted(str(p) for p in inputs if p.stem != "img-003")  # the others are kept
+    monkeypatch.undo()
+    result = score(dataclasses.replace(job, resume=True))
+    assert result.scored == 1 and (tmp_path / "cams" / "img-003.overlay.png").is_file()
 
 
 def read_parts_paths(folder: Path) -> list[str]:

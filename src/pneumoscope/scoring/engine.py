@@ -22,7 +22,7 @@ import logging
 import os
 import time
 import warnings
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -134,7 +134,6 @@ class PartWriter(BasePredictionWriter):
         self.job, self.store, self.stems, self.settings = job, store, stems, settings
         self.rank = 0
         self._rows: list[dict[str, Any]] = []
-        self._pending: list[Future] = []
         self._threads = render_threads
         self._pool: ThreadPoolExecutor | None = None  # made in setup: a spawned process cannot inherit threads
         self.started = 0.0
@@ -167,8 +166,8 @@ class PartWriter(BasePredictionWriter):
             else:
                 assert self._pool is not None and self.stems is not None
                 stem = self.stems[index]
-                self._pending.append(self._pool.submit(
-                    write_explanation, ex.out, stem, batch["display"][k], prediction.raw[k].numpy(), ex.style))
+                row["_files"] = self._pool.submit(
+                    write_explanation, ex.out, stem, batch["display"][k], prediction.raw[k].numpy(), ex.style)
                 pred, entry = predictor.explanation_row(path, prediction, k, f"{stem}.overlay.png", f"{stem}.cam.npy")
                 row.update(label=pred.label, prob_pneumonia=pred.prob_pneumonia, entry=json.dumps(entry))
             self._rows.append(row)
@@ -176,13 +175,25 @@ class PartWriter(BasePredictionWriter):
             self.flush()
 
     def flush(self) -> None:
-        """Write the rows collected so far as one part file (after their overlays are on disk)."""
-        pending, self._pending = self._pending, []
-        for f in pending:
-            f.result()
-        if self._rows:
-            rows, self._rows = self._rows, []
-            self.store.write(rows, self.rank)
+        """Write the rows collected so far as one part file: those whose overlay and map are on disk.
+
+        A row whose files failed to write (a full disk) is left out, so ``--resume`` redoes it,
+        and the first such error is raised once the others are safe.
+        """
+        rows, self._rows = self._rows, []
+        done, error = [], None
+        for row in rows:
+            files = row.pop("_files", None)
+            try:
+                if files is not None:
+                    files.result()
+                done.append(row)
+            except Exception as exc:  # noqa: BLE001  (re-raised below)
+                error = error or exc
+        if done:
+            self.store.write(done, self.rank)
+        if error is not None:
+            raise error
 
     def on_predict_start(self, trainer: Any, pl_module: Any) -> None:
         self.started = time.perf_counter()
