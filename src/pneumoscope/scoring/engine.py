@@ -318,7 +318,8 @@ def _run(job: ScoringJob, dist: DistributedConfig, device: torch.device | None, 
     from torch.utils.data import DataLoader
 
     module = ScoringModule(ckpt, job.precision, job.batch_size, explain_args)
-    writer = PartWriter(job, store, stems, settings)
+    # Overlay rendering and PNG encoding release the GIL: a few threads per process keep up with a GPU.
+    writer = PartWriter(job, store, stems, settings, render_threads=max(2, min(8, (os.cpu_count() or 2) // dist.devices)))
     dataset = ImageFiles(job.inputs, todo, ckpt.preprocessing, display=job.explain is not None)
     kw = trainer_kwargs(dist, device)
     loader = DataLoader(dataset, batch_size=job.batch_size, shuffle=False, num_workers=job.workers, collate_fn=collate,
