@@ -254,7 +254,11 @@ def _score(inputs: list[Path], checkpoint: Path, out: Optional[Path], explain: A
         device=device, precision=precision.value, batch_size=batch_size, workers=workers, part_rows=part_rows,
         resume=resume, progress=_progress(no_progress),
     )
-    return score(job)
+    try:
+        return score(job)
+    except KeyboardInterrupt:
+        _say("finished rows are kept in part files; run the same command with --resume to continue")
+        raise
 
 
 def _scored_line(result: Any) -> str:

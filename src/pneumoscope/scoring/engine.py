@@ -137,6 +137,7 @@ class PartWriter(BasePredictionWriter):
         self._threads = render_threads
         self._pool: ThreadPoolExecutor | None = None  # made in setup: a spawned process cannot inherit threads
         self.started = 0.0
+        self.interrupted = False
 
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
         self.rank = trainer.global_rank
@@ -202,6 +203,7 @@ class PartWriter(BasePredictionWriter):
         self.flush()
 
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+        self.interrupted = isinstance(exception, KeyboardInterrupt)
         # Finished rows are good rows: keep them for --resume even when the run stops.
         with contextlib.suppress(Exception):
             self.flush()
@@ -338,6 +340,10 @@ def _run(job: ScoringJob, dist: DistributedConfig, device: torch.device | None, 
             writer.flush()
             trainer.strategy.barrier("pneumoscope-merge")  # every rank's part files are on disk
             seconds = time.perf_counter() - writer.started if writer.started else 0.0
+    except SystemExit:
+        if writer.interrupted:  # Lightning turns Ctrl-C into exit(1); report it as the interrupt it was
+            raise KeyboardInterrupt from None
+        raise
     finally:
         writer.close()
     return module, trainer.is_global_zero, seconds
