@@ -264,6 +264,18 @@ def test_two_processes_give_the_rows_and_overlays_of_one(run_cli, tiny_ckpt, cop
     assert not parts_folder(tmp_path / "two.csv").exists()
 
 
+@pytest.mark.slow
+def test_fewer_inputs_than_processes(tiny_ckpt, test_images, tmp_path):
+    out = tmp_path / "one.csv"
+    done = subprocess.run(
+        _cli("predict", test_images[0], "--checkpoint", tiny_ckpt, "--out", out, "--devices", 2, "--accelerator", "cpu",
+             "--precision", "fp32", "--no-progress"),
+        env=_env(), capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    assert [r["path"] for r in _read_csv(out)] == [str(test_images[0])]  # both ranks scored it; one row
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -307,23 +319,29 @@ def test_sigkill_part_way_then_resume_loses_and_duplicates_nothing(run_cli, tiny
 
 
 @pytest.mark.slow
-def test_torchrun_two_nodes_on_loopback(run_cli, tiny_ckpt, copy_images, tmp_path):
+def test_torchrun_two_nodes_on_loopback_explain(run_cli, tiny_ckpt, copy_images, tmp_path):
+    """``explain`` as two torchrun "nodes" of one process each: every overlay once, the manifest in input order."""
     folder = copy_images(6)
     port = _free_port()
     procs = [
         subprocess.Popen(
             [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
              "--node-rank", str(rank), "--master-addr", "127.0.0.1", "--master-port", str(port),
-             "-m", "pneumoscope", "predict", str(folder), "--checkpoint", str(tiny_ckpt), "--precision", "fp32",
-             "--out", str(tmp_path / "p.csv"), "--devices", "1", "--num-nodes", "2", "--accelerator", "cpu",
-             "--no-progress"],
+             "-m", "pneumoscope", "explain", str(folder), "--checkpoint", str(tiny_ckpt), "--precision", "fp32",
+             "--out", str(tmp_path / "cams"), "--devices", "1", "--num-nodes", "2", "--accelerator", "cpu",
+             "--batch-size", "2", "--no-progress"],
             env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
         for rank in (0, 1)
     ]
     outs = [p.communicate(timeout=600)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
-    ref = run_cli("predict", folder, "--checkpoint", tiny_ckpt, "--precision", "fp32", "--out", tmp_path / "ref.csv",
+    ref = run_cli("explain", folder, "--checkpoint", tiny_ckpt, "--precision", "fp32", "--out", tmp_path / "ref",
                   "--device", "cpu")
     assert ref.exit_code == 0
-    _assert_same_rows(_read_csv(tmp_path / "p.csv"), _read_csv(tmp_path / "ref.csv"))
+    assert sorted(f.name for f in (tmp_path / "cams").iterdir()) == sorted(f.name for f in (tmp_path / "ref").iterdir())
+    man, want = (json.loads((tmp_path / d / "manifest.json").read_text())["images"] for d in ("cams", "ref"))
+    assert [e["path"] for e in man] == [e["path"] for e in want] == [str(p) for p in sorted(folder.iterdir())]
+    for e, w in zip(man, want):
+        assert e["overlay"] == w["overlay"] and e["label"] == w["label"]
+        assert e["prob_pneumonia"] == pytest.approx(w["prob_pneumonia"], abs=2e-6)

@@ -322,6 +322,9 @@ def _run(job: ScoringJob, dist: DistributedConfig, device: torch.device | None, 
     module = ScoringModule(ckpt, job.precision, job.batch_size, explain_args)
     # Overlay rendering and PNG encoding release the GIL: a few threads per process keep up with a GPU.
     writer = PartWriter(job, store, stems, settings, render_threads=max(2, min(8, (os.cpu_count() or 2) // dist.devices)))
+    if 0 < len(todo) < dist.world_size:
+        # Lightning's prediction sampler needs an input for every rank; the merge keeps one row per input.
+        todo = [todo[i % len(todo)] for i in range(dist.world_size)]
     dataset = ImageFiles(job.inputs, todo, ckpt.preprocessing, display=job.explain is not None)
     kw = trainer_kwargs(dist, device)
     loader = DataLoader(dataset, batch_size=job.batch_size, shuffle=False, num_workers=job.workers, collate_fn=collate,
