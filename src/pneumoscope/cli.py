@@ -233,21 +233,43 @@ def calibrate(
     _say(f"wrote {r.checkpoint}")
 
 
-def _load_inputs(inputs: list[Path], checkpoint: Path, device: str, precision: Precision, batch_size: int) -> tuple[list[Path], Any]:
-    """Expand files/folders and load the checkpoint once (inputs first: a typo fails fast)."""
-    from .data.io import list_images
-    from .inference import Predictor
-
-    paths = list_images(inputs)
-    return paths, Predictor(checkpoint, device=device, precision=precision.value, batch_size=batch_size)
-
-
-def _report_failures(rows: list[Any]) -> int:
+def _report_failures(failures: list[tuple[str, str]]) -> int:
     """One ``error:`` line per file that failed; returns how many did."""
-    failed = [r for r in rows if r.error]
-    for r in failed:
-        _say(f"error: {r.path}: {r.error}")
-    return len(failed)
+    for path, problem in failures:
+        _say(f"error: {path}: {problem}")
+    return len(failures)
+
+
+def _score(inputs: list[Path], checkpoint: Path, out: Optional[Path], explain: Any, *, devices: int, num_nodes: int,
+           accelerator: str, strategy: str, device: str, precision: Precision, batch_size: int, workers: int,
+           part_rows: int, resume: bool, no_progress: bool) -> Any:
+    """Expand the inputs (a typo fails fast) and run the scoring engine, on one process or many."""
+    from .data.io import list_images
+    from .distributed import DistributedConfig
+    from .scoring import ScoringJob, score
+
+    job = ScoringJob(
+        inputs=list_images(inputs), checkpoint=checkpoint, out=out, explain=explain,
+        distributed=DistributedConfig(accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=strategy),
+        device=device, precision=precision.value, batch_size=batch_size, workers=workers, part_rows=part_rows,
+        resume=resume, progress=_progress(no_progress),
+    )
+    try:
+        return score(job)
+    except KeyboardInterrupt:
+        _say("finished rows are kept in part files; run the same command with --resume to continue")
+        raise
+
+
+def _scored_line(result: Any) -> str:
+    resumed = result.n - result.scored
+    rate = f" in {result.seconds:.1f} s ({result.images_per_second:.1f} img/s)" if result.seconds else ""
+    return f"scored {result.scored} of {result.n} inputs{rate}" + (f"; {resumed} already written" if resumed else "")
+
+
+_DEVICES_HELP = "Processes per node (GPUs, or CPU processes with --accelerator cpu)."
+_RESUME_HELP = "Continue an interrupted run: skip the inputs already in its part files or in --out."
+_PART_ROWS_HELP = "Rows each process collects before writing a part file (what a kill can cost)."
 
 
 @app.command()
@@ -255,36 +277,52 @@ def _report_failures(rows: list[Any]) -> int:
 def predict(
     inputs: list[Path] = typer.Argument(..., help="Image files or folders (recursed)."),
     checkpoint: Path = typer.Option(..., "--checkpoint"),
-    out: Optional[Path] = typer.Option(None, "--out", help="preds.csv or preds.json; default: CSV on stdout."),
+    out: Optional[Path] = typer.Option(None, "--out", help="preds.csv, preds.json or preds.parquet; default: CSV on stdout."),
     explain_dir: Optional[Path] = typer.Option(None, "--explain", help="Also write explanation overlays here."),
     method: str = typer.Option("gradcam", "--method", help=f"Explanation method for --explain: {METHOD_HELP}."),
     batch_size: int = typer.Option(16, "--batch-size"),
     precision: Precision = typer.Option(Precision.auto, "--precision"),
     device: str = typer.Option("auto", "--device"),
+    devices: int = typer.Option(1, "--devices", help=_DEVICES_HELP),
+    num_nodes: int = typer.Option(1, "--num-nodes", help="Nodes of a multi-node job (torchrun, srun)."),
+    accelerator: str = typer.Option("auto", "--accelerator", help="auto | cpu | gpu"),
+    strategy: str = typer.Option("auto", "--strategy", help="auto (DDP when more than one process) | ddp | ddp_spawn"),
+    workers: int = typer.Option(0, "--workers", help="DataLoader processes decoding images, per process (0: in the loop)."),
+    part_rows: int = typer.Option(1000, "--part-rows", help=_PART_ROWS_HELP),
+    resume: bool = typer.Option(False, "--resume", help=_RESUME_HELP),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bars (logs, CI)."),
 ) -> None:
     """Predict NORMAL/PNEUMONIA per image; exit 0 only when every input succeeded."""
+    import shutil
+    import tempfile
+
+    from .errors import ConfigError
     from .explanation.cam import canonical_method
-    from .inference import write_predictions
+    from .scoring import ExplainSettings
 
     method = canonical_method(method)
-    paths, predictor = _load_inputs(inputs, checkpoint, device, precision, batch_size)
-    if explain_dir is not None:
-        rows, _ = predictor.explain_files(paths, explain_dir, method=method, progress=_progress(no_progress))
-    else:
-        rows = predictor.predict(paths, progress=_progress(no_progress))
+    tmp = None
     if out is None:
-        import csv
-
-        w = csv.writer(sys.stdout)
-        w.writerow(["path", "label", "prob_pneumonia", "threshold", "error"])
-        for r in rows:
-            w.writerow([r.path, r.label, "" if r.prob_pneumonia is None else f"{r.prob_pneumonia:.6f}", r.threshold, r.error])
-    else:
-        write_predictions(rows, out)
-    failed = _report_failures(rows)
+        if resume or devices * num_nodes > 1:
+            raise ConfigError("--out is needed with --resume or more than one process (part files are kept beside it)")
+        tmp = Path(tempfile.mkdtemp(prefix="pneumoscope-predict-"))
+    try:
+        explain = ExplainSettings(explain_dir, method=method) if explain_dir is not None else None
+        result = _score(inputs, checkpoint, out or tmp / "preds.csv", explain, devices=devices,  # type: ignore[operator]
+                        num_nodes=num_nodes, accelerator=accelerator, strategy=strategy, device=device,
+                        precision=precision, batch_size=batch_size, workers=workers, part_rows=part_rows,
+                        resume=resume, no_progress=no_progress)
+        if not result.is_global_zero:
+            return  # rank 0 reports for the job
+        if tmp is not None:
+            sys.stdout.write((tmp / "preds.csv").read_text(encoding="utf-8"))
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+    failed = _report_failures(result.failures)
+    _say(_scored_line(result))
     if failed:
-        _say(f"{failed} of {len(rows)} inputs failed")
+        _say(f"{failed} of {result.n} inputs failed")
         raise typer.Exit(1)
 
 
@@ -303,19 +341,29 @@ def explain(
     batch_size: int = typer.Option(16, "--batch-size"),
     precision: Precision = typer.Option(Precision.auto, "--precision"),
     device: str = typer.Option("auto", "--device"),
+    devices: int = typer.Option(1, "--devices", help=_DEVICES_HELP),
+    num_nodes: int = typer.Option(1, "--num-nodes", help="Nodes of a multi-node job (torchrun, srun)."),
+    accelerator: str = typer.Option("auto", "--accelerator", help="auto | cpu | gpu"),
+    strategy: str = typer.Option("auto", "--strategy", help="auto (DDP when more than one process) | ddp | ddp_spawn"),
+    workers: int = typer.Option(0, "--workers", help="DataLoader processes decoding images, per process (0: in the loop)."),
+    part_rows: int = typer.Option(1000, "--part-rows", help=_PART_ROWS_HELP),
+    resume: bool = typer.Option(False, "--resume", help=_RESUME_HELP),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bars (logs, CI)."),
 ) -> None:
     """Explain each image (any method): overlay PNG, raw map (.npy) and a manifest.json for the run."""
     from .explanation.cam import canonical_method
+    from .scoring import ExplainSettings
 
-    method = canonical_method(method)
-    paths, predictor = _load_inputs(inputs, checkpoint, device, precision, batch_size)
-    rows, manifest = predictor.explain_files(
-        paths, out, method=method, layer=layer, target=target, style=style.value, score=score.value, tta=tta,
-        progress=_progress(no_progress),
-    )
-    failed = _report_failures(rows)
-    _say(f"explained {len(rows) - failed} of {len(rows)} images; manifest: {manifest}")
+    settings = ExplainSettings(out, method=canonical_method(method), layer=layer, target=target, style=style.value,
+                               score=score.value, tta=tta)
+    result = _score(inputs, checkpoint, None, settings, devices=devices, num_nodes=num_nodes, accelerator=accelerator,
+                    strategy=strategy, device=device, precision=precision, batch_size=batch_size, workers=workers,
+                    part_rows=part_rows, resume=resume, no_progress=no_progress)
+    if not result.is_global_zero:
+        return
+    failed = _report_failures(result.failures)
+    _say(_scored_line(result))
+    _say(f"explained {result.n - failed} of {result.n} images; manifest: {result.manifest}")
     if failed:
         raise typer.Exit(1)
 

@@ -11,7 +11,7 @@ import re
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -23,6 +23,9 @@ from .explanation.cam import explain
 from .explanation.overlay import render_overlay
 from .fileio import atomic_path, atomic_write_text
 from .runtime import autocast, channels_last_preferred, resolve_device, resolve_precision, to_memory_format
+
+if TYPE_CHECKING:
+    from .explanation.cam import Explanation
 
 MAX_OVERLAY_SIDE = 1024  # overlays keep the image's aspect ratio, capped for file size
 
@@ -121,6 +124,78 @@ class Predictor:
         bar.close()
         return rows
 
+    def check_explain_args(self, method: str, layer: str | None, target: str, score: str) -> tuple[str, str]:
+        """Validate explanation settings before anything is written; returns (method, layer).
+
+        Raises:
+            ConfigError: an unknown method, layer, score or target.
+        """
+        from .errors import ConfigError
+        from .explanation.cam import SCORES, canonical_method
+
+        method = canonical_method(method)
+        layer = layer or self.ckpt.target_layer
+        self.ckpt.model.module_path(layer)
+        if score not in SCORES:
+            raise ConfigError(f"unknown score {score!r}; expected one of {', '.join(SCORES)}")
+        if target != "predicted" and target not in self.ckpt.class_names:
+            raise ConfigError(f"unknown target {target!r}; expected predicted or one of {', '.join(self.ckpt.class_names)}")
+        return method, layer
+
+    def explain_batch(
+        self, x: torch.Tensor, *, method: str, layer: str, target: str = "predicted", score: str = "log_prob",
+        tta: bool = False,
+    ) -> "Explanation":
+        """Explain a preprocessed batch (N, 3, S, S) with already checked settings (gradients on)."""
+        with torch.enable_grad():  # callers may run under no_grad (Lightning's predict loop)
+            return explain(
+                self.ckpt.model, x.to(self.device), method=method, layer=layer,
+                target=None if target == "predicted" else target, threshold=self.threshold,
+                precision=self.precision, class_names=self.ckpt.class_names, score=score, tta=tta,
+                temperature=self.temperature,
+            )
+
+    def explanation_row(
+        self, path: str | Path, exp: "Explanation", k: int, overlay: str, raw_map: str
+    ) -> tuple[Prediction, dict[str, Any]]:
+        """The prediction row and the ``manifest.json`` entry of image ``k`` of an explained batch."""
+        raw = exp.raw[k]
+        probs = exp.probs[k].cpu().tolist()
+        prob = float(probs[self.ckpt.positive_index])
+        label = self.label_of(prob)
+        entry = {
+            "path": str(path), "overlay": overlay, "raw_map": raw_map,
+            "label": label, "prob_pneumonia": prob,
+            "probabilities": dict(zip(self.ckpt.class_names, probs)),
+            "target": self.ckpt.class_names[int(exp.targets[k])],
+            "map_shape": list(raw.shape),
+        }
+        return Prediction(str(path), label, prob, self.threshold), entry
+
+    def manifest(
+        self, entries: list[dict[str, Any]], *, method: str, layer: str, target: str, score: str, tta: bool, style: str
+    ) -> dict[str, Any]:
+        """The ``manifest.json`` of an explanation run: settings, provenance and one entry per image."""
+        return {
+            "schema_version": 1,
+            "method": method,
+            "layer": "input" if method == "occlusion" else layer,
+            "target": target,
+            "score": score,
+            "tta": tta,
+            "style": style,
+            "threshold": self.threshold,
+            "temperature": self.temperature,
+            "checkpoint": str(self.ckpt.path) if self.ckpt.path else None,
+            "architecture": self.ckpt.architecture,
+            "class_names": list(self.ckpt.class_names),
+            "precision": self.precision,
+            "device": str(self.device),
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "versions": _versions(),
+            "images": entries,
+        }
+
     def explain_files(
         self,
         paths: Sequence[str | Path],
@@ -142,22 +217,9 @@ class Predictor:
         Files written by a run that fails part-way (not a per-file read error, which is
         recorded and skipped) are removed again, so no half-finished output is left.
         """
-        from PIL import Image
         from tqdm.auto import tqdm
 
-        from .explanation.cam import SCORES, canonical_method
-
-        method = canonical_method(method)  # unknown method, layer or score: fail before writing anything
-        layer = layer or self.ckpt.target_layer
-        self.ckpt.model.module_path(layer)
-        if score not in SCORES:
-            from .errors import ConfigError
-
-            raise ConfigError(f"unknown score {score!r}; expected one of {', '.join(SCORES)}")
-        if target != "predicted" and target not in self.ckpt.class_names:
-            from .errors import ConfigError
-
-            raise ConfigError(f"unknown target {target!r}; expected predicted or one of {', '.join(self.ckpt.class_names)}")
+        method, layer = self.check_explain_args(method, layer, target, score)  # fail before writing anything
         out = Path(out_dir)
         created_dir = not out.exists()
         out.mkdir(parents=True, exist_ok=True)
@@ -172,12 +234,8 @@ class Predictor:
                 ok, errors = self._read(chunk)
                 exp = None
                 if ok:
-                    exp = explain(
-                        self.ckpt.model, self.batch_tensor(g for _, g in ok), method=method, layer=layer,
-                        target=None if target == "predicted" else target, threshold=self.threshold,
-                        precision=self.precision, class_names=self.ckpt.class_names, score=score, tta=tta,
-                        temperature=self.temperature,
-                    )
+                    exp = self.explain_batch(self.batch_tensor(g for _, g in ok), method=method, layer=layer,
+                                             target=target, score=score, tta=tta)
                 slot = {i: k for k, (i, _) in enumerate(ok)}
                 for i, p in enumerate(chunk):
                     if i in errors:
@@ -186,45 +244,15 @@ class Predictor:
                         continue
                     assert exp is not None
                     k = slot[i]
-                    gray = ok[k][1]
-                    raw = exp.raw[k].cpu().numpy()
-                    probs = exp.probs[k].cpu().tolist()
-                    prob = float(probs[self.ckpt.positive_index])
-                    stem = _unique_stem(p, names)
-                    overlay_path, npy_path = out / f"{stem}.overlay.png", out / f"{stem}.cam.npy"
-                    _save_png(Image.fromarray(render_overlay(_display(gray), raw, style)), overlay_path)
-                    written.append(overlay_path)
-                    _save_npy(raw, npy_path)
-                    written.append(npy_path)
-                    rows.append(Prediction(str(p), self.label_of(prob), prob, self.threshold))
-                    entries.append({
-                        "path": str(p), "overlay": overlay_path.name, "raw_map": npy_path.name,
-                        "label": self.label_of(prob), "prob_pneumonia": prob,
-                        "probabilities": dict(zip(self.ckpt.class_names, probs)),
-                        "target": self.ckpt.class_names[int(exp.targets[k])],
-                        "map_shape": list(raw.shape),
-                    })
+                    stem = unique_stem(p, names)
+                    paths_written = write_explanation(out, stem, display_image(ok[k][1]), exp.raw[k].cpu().numpy(), style)
+                    written.extend(paths_written)
+                    row, entry = self.explanation_row(p, exp, k, paths_written[0].name, paths_written[1].name)
+                    rows.append(row)
+                    entries.append(entry)
                 bar.update(len(chunk))
             bar.close()
-            manifest = {
-                "schema_version": 1,
-                "method": method,
-                "layer": "input" if method == "occlusion" else layer,
-                "target": target,
-                "score": score,
-                "tta": tta,
-                "style": style,
-                "threshold": self.threshold,
-                "temperature": self.temperature,
-                "checkpoint": str(self.ckpt.path) if self.ckpt.path else None,
-                "architecture": self.ckpt.architecture,
-                "class_names": list(self.ckpt.class_names),
-                "precision": self.precision,
-                "device": str(self.device),
-                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "versions": _versions(),
-                "images": entries,
-            }
+            manifest = self.manifest(entries, method=method, layer=layer, target=target, score=score, tta=tta, style=style)
             manifest_path = out / "manifest.json"
             atomic_write_text(manifest_path, json.dumps(manifest, indent=2))
         except BaseException:
@@ -236,6 +264,16 @@ class Predictor:
         return rows, manifest_path
 
 
+def write_explanation(out: Path, stem: str, display: np.ndarray, raw: np.ndarray, style: str) -> tuple[Path, Path]:
+    """Write ``<stem>.overlay.png`` (over the display-sized image) and ``<stem>.cam.npy``, each atomically."""
+    from PIL import Image
+
+    overlay_path, npy_path = out / f"{stem}.overlay.png", out / f"{stem}.cam.npy"
+    _save_png(Image.fromarray(render_overlay(display, raw, style)), overlay_path)
+    _save_npy(raw, npy_path)
+    return overlay_path, npy_path
+
+
 def _versions() -> dict[str, str]:
     import torchvision
 
@@ -244,7 +282,7 @@ def _versions() -> dict[str, str]:
     return {"pneumoscope": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__}
 
 
-def _display(gray: np.ndarray) -> np.ndarray:
+def display_image(gray: np.ndarray) -> np.ndarray:
     """The image at a display size (aspect kept, long side capped) for the overlay."""
     h, w = gray.shape
     scale = min(1.0, MAX_OVERLAY_SIDE / max(h, w))
@@ -255,7 +293,11 @@ def _display(gray: np.ndarray) -> np.ndarray:
     return torch.nn.functional.interpolate(t, size=size, mode="bilinear", antialias=True)[0, 0].numpy()
 
 
-def _unique_stem(p: Path, used: set[str]) -> str:
+_display = display_image  # the name the server imports
+
+
+def unique_stem(p: Path, used: set[str]) -> str:
+    """A file-name stem for ``p``'s outputs that no earlier input of the run has taken (``x``, ``x-2``, ...)."""
     base = re.sub(r"[^A-Za-z0-9._-]+", "_", p.stem) or "image"
     stem, k = base, 2
     while stem in used:
@@ -275,11 +317,15 @@ def _save_npy(arr: np.ndarray, path: Path) -> None:
 
 
 def write_predictions(rows: Sequence[Prediction], path: str | Path) -> Path:
-    """Write rows as CSV or JSON (by suffix), atomically."""
+    """Write rows as CSV, JSON or Parquet (by suffix: ``.json``, ``.parquet``; anything else CSV), atomically."""
     import csv
     import io
 
     path = Path(path)
+    if path.suffix.lower() in (".parquet", ".pq"):
+        from .scoring.tables import rows_to_table, write_table
+
+        return write_table(rows_to_table([asdict(r) for r in rows]), path)
     if path.suffix.lower() == ".json":
         text = json.dumps([asdict(r) for r in rows], indent=2)
     else:
