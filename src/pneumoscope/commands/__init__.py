@@ -5,3 +5,4 @@ with ``@app.command()`` and ``@user_errors`` from :mod:`pneumoscope.cli`, and is
 """
 
 from __future__ import annotations
+from . import prepare  # noqa: F401

@@ -263,6 +263,9 @@ def train(
     run_state: dict[str, Any] = {"completed": [], "epoch_offset": 0, "best_val_loss": math.inf, "best_epoch": 0}
     if resume:
         run_state.update(json.loads(progress_file.read_text()))
+    elif rank0:
+        # From the start, so that a run killed inside its first stage can be resumed too.
+        atomic_write_text(progress_file, json.dumps(run_state, indent=2))
 
     def export(m: torch.nn.Module, val: dict[str, float]) -> None:
         save_checkpoint(
