@@ -39,8 +39,15 @@ def run_driver(tmp: Path, data: Path, out: Path, record: Path, overrides: dict, 
     spec = tmp / f"spec-{len(list(tmp.glob('spec-*')))}.json"
     spec.write_text(json.dumps({"data": str(data), "out": str(out), "record": str(record), "overrides": overrides,
                                 **extra}))
-    return subprocess.run([sys.executable, str(DRIVER), str(spec)], env=_env(), capture_output=True, text=True,
-                          timeout=600)
+    proc = subprocess.Popen([sys.executable, str(DRIVER), str(spec)], env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # every rank: a hung collective must not hang the suite
+        out, err = proc.communicate()
+        pytest.fail(f"training driver timed out:\n{err[-3000:]}")
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def records(folder: Path, rank: int = 0) -> list[dict]:

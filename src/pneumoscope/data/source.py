@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol
 
+import lightning as L
 import torch
 
 from ..errors import ConfigError
@@ -36,7 +37,9 @@ class ImageSource(Protocol):
 
     def class_counts(self) -> list[int]: ...
 
-    def loader(self, batch_size: int, *, train: bool, seed: int, workers: int = 0) -> torch.utils.data.DataLoader:
+    def loader(
+        self, batch_size: int, *, train: bool, seed: int, workers: int = 0, world_size: int = 1
+    ) -> torch.utils.data.DataLoader:
         """Batches for training (shuffled, equal count on every rank) or evaluation (in order, all)."""
         ...
 
@@ -50,6 +53,7 @@ class MemorySource:
 
     def __init__(self, samples: list[Sample], prep: Preprocessing, progress: bool = True, desc: str = "decoding") -> None:
         self.dataset = CachedDataset(samples, prep, progress, desc)
+        self._loaders: dict[bool, torch.utils.data.DataLoader] = {}
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -57,12 +61,17 @@ class MemorySource:
     def class_counts(self) -> list[int]:
         return self.dataset.class_counts()
 
-    def loader(self, batch_size: int, *, train: bool, seed: int, workers: int = 0) -> torch.utils.data.DataLoader:
-        # Under DDP Lightning swaps in a DistributedSampler (seeded alike on every rank).
-        if train:
-            gen = torch.Generator().manual_seed(seed)
-            return torch.utils.data.DataLoader(self.dataset, batch_size=batch_size, shuffle=True, generator=gen)
-        return torch.utils.data.DataLoader(self.dataset, batch_size=batch_size, shuffle=False)
+    def loader(
+        self, batch_size: int, *, train: bool, seed: int, workers: int = 0, world_size: int = 1
+    ) -> torch.utils.data.DataLoader:
+        # One loader per role for the whole run: its shuffling generator carries on from stage
+        # to stage. Under DDP Lightning swaps in a DistributedSampler (seeded alike on every rank).
+        if train not in self._loaders:
+            gen = torch.Generator().manual_seed(seed) if train else None
+            self._loaders[train] = torch.utils.data.DataLoader(
+                self.dataset, batch_size=batch_size, shuffle=train, generator=gen
+            )
+        return self._loaders[train]
 
     def rows(self) -> Iterator[tuple[str, str, str]]:
         for s in self.dataset.samples:
@@ -83,17 +92,46 @@ class StoreSource:
     def class_counts(self) -> list[int]:
         return self.store.class_counts(self.subset)
 
-    def loader(self, batch_size: int, *, train: bool, seed: int, workers: int = 0) -> torch.utils.data.DataLoader:
+    def loader(
+        self, batch_size: int, *, train: bool, seed: int, workers: int = 0, world_size: int = 1
+    ) -> torch.utils.data.DataLoader:
         from litdata import StreamingDataLoader
 
-        # Training: shuffled, and under DDP LitData drops the remainder so that every rank
-        # takes the same number of steps. Evaluation: every image once, in order.
+        # Training: shuffled; under DDP LitData gives every rank the same number of whole
+        # batches (so no rank waits for another's gradients) and leaves out the rest of the
+        # epoch, fewer than batch_size x world_size images, a different few each epoch.
+        # Evaluation: every image once. LitData deals out whole batches and gives the
+        # remainder to the last rank, so batches are made small enough for every rank to get one.
+        if not train and world_size > 1:
+            batch_size = max(1, min(batch_size, self._n // world_size))
         ds = self.store.dataset(self.subset, shuffle=train, seed=seed, drop_last=None if train else False)
         return StreamingDataLoader(ds, batch_size=batch_size, num_workers=workers, shuffle=train)
 
     def rows(self) -> Iterator[tuple[str, str, str]]:
         for r in self.store.rows((self.subset,)):
             yield r["path"], r["label"], r["patient_id"]
+
+
+class SourceDataModule(L.LightningDataModule):
+    """The training and validation sources as Lightning asks for them.
+
+    Lightning calls ``*_dataloader()`` once the processes have joined their group, which is when
+    a LitData stream can see its rank and world size (one made earlier would think it is alone).
+    """
+
+    def __init__(self, train: ImageSource, val: ImageSource, batch_size: int, seed: int, workers: int = 0,
+                 world_size: int = 1) -> None:
+        super().__init__()
+        self.train, self.val = train, val
+        self.batch_size, self.seed, self.workers, self.world_size = batch_size, seed, workers, world_size
+
+    def train_dataloader(self) -> torch.utils.data.DataLoader:
+        return self.train.loader(self.batch_size, train=True, seed=self.seed, workers=self.workers,
+                                 world_size=self.world_size)
+
+    def val_dataloader(self) -> torch.utils.data.DataLoader:
+        return self.val.loader(max(self.batch_size, 64), train=False, seed=self.seed, workers=self.workers,
+                               world_size=self.world_size)
 
 
 @dataclass

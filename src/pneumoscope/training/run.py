@@ -28,7 +28,7 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
 from ..checkpoint import CLASS_NAMES, save_checkpoint
 from ..config import Config, _merge, dump_config
-from ..data.source import open_training_data
+from ..data.source import SourceDataModule, open_training_data
 from ..data.transforms import Preprocessing
 from ..distributed import trainer_kwargs
 from ..errors import ConfigError, DataError
@@ -117,16 +117,23 @@ def _limits(cfg: Config) -> dict[str, float | int]:
 @contextlib.contextmanager
 def _quiet_lightning() -> Iterator[None]:
     """Silence Lightning's advice that does not apply here (workers for in-memory tensors, tips)."""
-    loggers = [logging.getLogger(n) for n in ("lightning.pytorch", "lightning.fabric", "lightning")]
+    # LitData warns that evaluation streams keep every image (drop_last off) under DDP: that is
+    # the point (the validation outputs are gathered, not reduced step by step).
+    quiet = {"lightning.pytorch": logging.WARNING, "lightning.fabric": logging.WARNING, "lightning": logging.WARNING,
+             "litdata": logging.ERROR}
+    loggers = [logging.getLogger(n) for n in quiet]
     levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.WARNING)
+    for lg, lvl in zip(loggers, quiet.values()):
+        lg.setLevel(lvl)
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*does not have many workers.*")
             warnings.filterwarnings("ignore", message=".*number of training batches.*")
             warnings.filterwarnings("ignore", message=".*Checkpoint directory.*exists and is not empty.*")
             warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+            # Lightning's own all_gather (used for the validation outputs) and LitData's sized stream.
+            warnings.filterwarnings("ignore", message=".*all_gather is deprecated.*")
+            warnings.filterwarnings("ignore", message=".*IterableDataset. has .__len__. defined.*")
             yield
     finally:
         for lg, lvl in zip(loggers, levels):
@@ -239,7 +246,7 @@ def train(
     if resume:
         _check_same_config(cfg, out / "config.yaml")
     device = _device(cfg)
-    devices = trainer_kwargs(cfg.distributed, device)  # also checks that the GPUs asked for exist
+    trainer_kwargs(cfg.distributed, device)  # checks now that the GPUs asked for exist
     precision = resolve_precision(cfg.train.precision, device)
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)  # the same seed on every rank
 
@@ -275,9 +282,8 @@ def train(
                   "class_weights": weights, "data": str(data)},
         )
 
-    workers = cfg.data.loader_workers
-    train_loader = sources.train.loader(cfg.train.batch_size, train=True, seed=cfg.train.seed, workers=workers)
-    val_loader = sources.val.loader(max(cfg.train.batch_size, 64), train=False, seed=cfg.train.seed, workers=workers)
+    loaders = SourceDataModule(sources.train, sources.val, cfg.train.batch_size, cfg.train.seed,
+                               cfg.data.loader_workers, cfg.distributed.world_size)
     channels_last = channels_last_preferred(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -285,7 +291,7 @@ def train(
     def make_trainer(stage_callbacks: list[L.Callback], **kwargs: Any) -> L.Trainer:
         # The one place a Trainer is built: devices, nodes and strategy from cfg.distributed.
         return L.Trainer(
-            **devices,
+            **trainer_kwargs(cfg.distributed, device),  # a fresh strategy object per Trainer
             precision=lightning_precision(precision),  # type: ignore[arg-type]
             callbacks=stage_callbacks,
             logger=False,
@@ -343,7 +349,7 @@ def train(
                 **_limits(cfg),
             )
             ckpt_path = _resume_from(state_dir, stage.name) if resume else None
-            trainer.fit(module, train_loader, val_loader, ckpt_path=str(ckpt_path) if ckpt_path else None)
+            trainer.fit(module, datamodule=loaders, ckpt_path=str(ckpt_path) if ckpt_path else None)
         run_state["epoch_offset"] += trainer.current_epoch
         run_state["completed"].append(stage.name)
         if trainer.is_global_zero:
@@ -355,13 +361,13 @@ def train(
         raise DataError(f"{out}: training finished without a validation result; no checkpoint was written")
     if trained_now or "calibration" not in run_state:
         run_state["calibration"] = _calibrate_run(
-            cfg, model, best, ckpt, prep, val_loader, channels_last, make_trainer, sources.val_source, rank0,
+            cfg, model, best, ckpt, prep, loaders, channels_last, make_trainer, sources.val_source, rank0,
         )
         if rank0:
             atomic_write_text(progress_file, json.dumps(run_state, indent=2))  # a finished run is not redone
     calibration = run_state["calibration"]
     seconds = time.perf_counter() - t0
-    world = cfg.distributed
+    dist = cfg.distributed
     summary = {
         "backbone": cfg.model.backbone,
         "weights": cfg.model.weights,
@@ -369,9 +375,9 @@ def train(
         "device": str(device),
         "precision": precision,
         "data_source": sources.kind,  # memory (decoded once into RAM) | store (streamed)
-        "world_size": world.world_size,
-        "num_nodes": world.num_nodes,
-        "devices": world.devices,
+        "world_size": dist.world_size,
+        "num_nodes": dist.num_nodes,
+        "devices": dist.devices,
         "val_source": sources.val_source,
         "n_train": len(sources.train),
         "n_val": len(sources.val),
@@ -399,7 +405,7 @@ def _samples_per_epoch(metrics_csv: Path) -> list[int]:
 
 def _calibrate_run(
     cfg: Config, model: torch.nn.Module, best: dict[str, Any], ckpt: Path, prep: Preprocessing,
-    val_loader: Any, channels_last: bool, make_trainer: Any, val_source: str, rank0: bool,
+    loaders: L.LightningDataModule, channels_last: bool, make_trainer: Any, val_source: str, rank0: bool,
 ) -> dict[str, Any]:
     """Validation logits of best.ckpt's weights from every rank, gathered; rank 0 calibrates.
 
@@ -418,7 +424,7 @@ def _calibrate_run(
                               cfg.train.head_l2, channels_last)
     with _quiet_lightning():
         trainer = make_trainer([], enable_checkpointing=False, **_limits(cfg))
-        trainer.validate(module, val_loader, verbose=False)
+        trainer.validate(module, datamodule=loaders, verbose=False)
         logits, labels = module.val_logits, module.val_labels.numpy()
         aug = None
         op = cfg.operating_point
@@ -427,7 +433,7 @@ def _calibrate_run(
             module.val_augment = torch.Generator().manual_seed(int(cfg.train.seed) + 7919 * trainer.global_rank)
             passes = []
             for _ in range(op.augment_draws):
-                trainer.validate(module, val_loader, verbose=False)
+                trainer.validate(module, datamodule=loaders, verbose=False)
                 passes.append(module.val_logits)
             aug = torch.cat(passes)
     result: dict[str, Any] = {}
