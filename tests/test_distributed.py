@@ -91,7 +91,11 @@ def test_torchrun_two_nodes_on_loopback(ddp_store, tmp_path):
     spec = tmp_path / "spec.json"
     spec.write_text(json.dumps({"data": str(ddp_store), "out": str(out), "record": str(rec), "overrides": overrides}))
     driver = Path(__file__).with_name("_train_driver.py")
-    port = "29517"
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
     nodes = [
         subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
                           "--node-rank", str(rank), "--master-addr", "127.0.0.1", "--master-port", port,
@@ -101,4 +105,5 @@ def test_torchrun_two_nodes_on_loopback(ddp_store, tmp_path):
     outs = [p.communicate(timeout=600) for p in nodes]
     for p, (_, err) in zip(nodes, outs):
         assert p.returncode == 0, err[-4000:]
-    _check_ddp_run(out, rec, s.count("train"), {int(r["id"]) for r in s.rows(("train",))}, 2)
+    got = _check_ddp_run(out, rec, s.count("train"), {int(r["id"]) for r in s.rows(("train",))}, 2)
+    assert got["summary"]["num_nodes"] == 2 and got["summary"]["devices"] == 1

@@ -169,9 +169,13 @@ def test_prepare_killed_midway_leaves_no_store_and_a_rerun_completes(store_data,
     assert not out.exists()  # nothing at STORE that could pass for a store
     from pneumoscope.data.store import prepare_store
 
+    # The re-run reads the dataset's CSV manifest this time (path,label,patient_id,split,...).
     with pytest.warns(UserWarning, match="left-over partial store"):
-        result = prepare_store(store_data, out, image_size=32, workers=1, progress=False)
-    assert result.n_images == sum(s["n"] for s in result.index["subsets"].values()) > 0
+        result = prepare_store(store_data / "manifest.csv", out, image_size=32, workers=1, progress=False)
+    rows = list(csv.DictReader(open(store_data / "manifest.csv")))
+    # With --val-source split, the dataset's own val/ rows are not used (as train --data does).
+    assert result.n_images == sum(r["split"] in ("train", "test") for r in rows) and result.n_errors == 0
+    assert result.index["subsets"]["test"]["n"] == sum(r["split"] == "test" for r in rows)
     assert (out / "pneumoscope_store.json").is_file()
 
 
@@ -203,6 +207,26 @@ def test_train_streams_from_the_store(run_cli, store, tmp_path):
     bad = run_cli("train", "--data", store, "--out", tmp_path / "bad2", "--backbone", "vgg_tiny", "--weights", "none",
                   "--image-size", "32", "--epochs", "1", "--device", "cpu", "--val-source", "val")
     assert_user_error(bad, "--val-source split")
+
+
+def test_distributed_flags_are_config_keys_and_checked(run_cli, store, tmp_path):
+    from pneumoscope.config import dump_config, load_config
+    from pneumoscope.distributed import trainer_kwargs
+
+    cfg = load_config(None, {"distributed.devices": 2, "distributed.accelerator": "cpu"})
+    assert cfg.distributed.world_size == 2
+    kw = trainer_kwargs(cfg.distributed)
+    assert kw["devices"] == 2 and kw["strategy"].process_group_backend == "gloo"
+    dump_config(cfg, tmp_path / "c.yaml")
+    assert load_config(tmp_path / "c.yaml").distributed == cfg.distributed  # dataclass -> YAML -> back
+    base = ["train", "--data", store, "--backbone", "vgg_tiny", "--weights", "none", "--image-size", "32"]
+    assert_user_error(run_cli(*base, "--out", tmp_path / "a", "--devices", "0"), "distributed.devices")
+    assert_user_error(run_cli(*base, "--out", tmp_path / "b", "--accelerator", "tpu"), "distributed.accelerator")
+    assert_user_error(run_cli(*base, "--out", tmp_path / "c", "--strategy", "ddp_spawn", "--devices", "2",
+                              "--accelerator", "cpu"), "ddp_spawn")
+    if not torch.cuda.is_available():
+        assert_user_error(run_cli(*base, "--out", tmp_path / "d", "--accelerator", "gpu"), "CUDA is not available")
+    assert not any((tmp_path / x).exists() for x in "abcd")  # refused before any run folder appears
 
 
 def test_train_killed_mid_epoch_resumes_where_the_loader_stopped(store, tmp_path):

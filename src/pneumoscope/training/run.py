@@ -245,6 +245,13 @@ def train(
         raise DataError(f"{out}: nothing to resume (no state/progress.json); start a new run instead")
     if resume:
         _check_same_config(cfg, out / "config.yaml")
+    if cfg.distributed.strategy == "ddp_spawn":
+        # ddp_spawn trains in child processes and hands back only the weights; the run's state
+        # (best epoch, calibration) would stay behind in them.
+        raise ConfigError(
+            "--strategy ddp_spawn is not supported by train; use ddp (the default for several devices), "
+            "which Lightning, torchrun and srun all launch"
+        )
     device = _device(cfg)
     trainer_kwargs(cfg.distributed, device)  # checks now that the GPUs asked for exist
     precision = resolve_precision(cfg.train.precision, device)
