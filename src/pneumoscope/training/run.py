@@ -134,6 +134,8 @@ def _quiet_lightning() -> Iterator[None]:
             # Lightning's own all_gather (used for the validation outputs) and LitData's sized stream.
             warnings.filterwarnings("ignore", message=".*all_gather is deprecated.*")
             warnings.filterwarnings("ignore", message=".*IterableDataset. has .__len__. defined.*")
+            # The samples a DistributedSampler repeats are dropped again by id (module.py).
+            warnings.filterwarnings("ignore", message=".*Using `DistributedSampler` with the dataloaders.*")
             yield
     finally:
         for lg, lvl in zip(loggers, levels):
