@@ -120,6 +120,21 @@ def test_store_items_are_the_in_memory_images(store):
         assert y == ["NORMAL", "PNEUMONIA"].index(r["label"])
 
 
+def test_store_records_carry_label_patient_split_and_source_path(store):
+    import litdata
+
+    rows = {int(r["id"]): r for r in csv.DictReader(open(store / "samples.csv")) if r["subset"] == "train"}
+    ds = litdata.StreamingDataset(str(store / "train"))
+    for item in ds:
+        row = rows[item["index"]]
+        assert bytes(item["path"]).decode() == row["path"] and item["patient"] == row["patient_id"]
+        assert item["split"] == "train" and ["NORMAL", "PNEUMONIA"][item["label"]] == row["label"]
+    # Only the decoded pixels and a few fields: the source file itself is never copied in
+    # (LitData stores a str naming an image file as that file).
+    chunk_bytes = sum(p.stat().st_size for p in (store / "train").glob("chunk-*.bin"))
+    assert chunk_bytes < len(ds) * (32 * 32 + 400)
+
+
 def test_jpeg_is_decoded_at_reduced_scale_and_matches_full_decode(store_data):
     from pneumoscope.data.io import read_image
     from pneumoscope.data.store import decode_reduced

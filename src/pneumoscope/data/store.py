@@ -122,7 +122,8 @@ def _store_item(task: _Task, *, size: int, intensity: str, jpeg_draft: bool, err
         "index": task.index,
         "patient": task.patient,
         "split": task.split,
-        "path": task.path,
+        # As bytes: LitData would store a str naming an existing image file as that file.
+        "path": task.path.encode("utf-8"),
     }
 
 
