@@ -270,8 +270,10 @@ def train(
     weights = _class_weights(counts, cfg.train.class_weights)
     # Only now does the run folder appear: a typo in --data or an offline --weights imagenet
     # must not leave a half-made run that blocks the retry.
-    state_dir.mkdir(parents=True, exist_ok=True)
     if rank0:
+        # The other ranks touch the folder only inside fit, once rank 0 has joined them (torchrun
+        # and srun start every rank at once; rank 0 must still find a fresh folder fresh).
+        state_dir.mkdir(parents=True, exist_ok=True)
         if not resume:
             dump_config(cfg, out / "config.yaml")
         sources.write_splits(out / "splits.csv", atomic_path)
