@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from conftest import assert_user_error
@@ -300,9 +301,11 @@ def test_training_keeps_the_configured_threshold_when_validation_has_one_class(t
     ckpt = tmp_path / "best.ckpt"
     shutil.copy2(tiny_ckpt, ckpt)
     only_pneumonia = [s for s in scan_split_folder(synth_root / "val") if s.label == 1]
+    logits = torch.randn(len(only_pneumonia), 2)
+    labels = np.array([s.label for s in only_pneumonia])
     cfg = load_config(None, {"train.threshold": 0.4})
     with pytest.warns(UserWarning, match="keeping threshold 0.4"):
-        out = _calibrate(ckpt, only_pneumonia, None, cfg, "fp32", torch.device("cpu"), "val", False)
+        out = _calibrate(ckpt, logits, labels, cfg, "val")
     assert out == {"threshold": 0.4, "temperature": 1.0, "operating_point": None}
     assert read_metadata(ckpt)["operating_point"] == read_metadata(tiny_ckpt)["operating_point"]  # untouched
 

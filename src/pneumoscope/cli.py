@@ -87,7 +87,7 @@ class Score(str, Enum):
 @app.command()
 @user_errors
 def train(
-    data: Path = typer.Option(..., "--data", help="Dataset root (Kaggle layout train/val/test) or CSV manifest."),
+    data: Path = typer.Option(..., "--data", help="Dataset root (Kaggle layout train/val/test), CSV manifest, or a store from `pneumoscope prepare` (streamed)."),
     config: Optional[str] = typer.Option(None, "--config", help="YAML config file, or a bundled name: seed, demo."),
     backbone: Optional[str] = typer.Option(None, "--backbone", help="Model name (see `pneumoscope models`)."),
     weights: Optional[str] = typer.Option(None, "--weights", help="imagenet | none | PATH to a local weights file."),
@@ -103,8 +103,12 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out."),
     set_: Optional[list[str]] = typer.Option(None, "--set", help="Override any config key: --set train.batch_size=16, --set train.stages.0.lr=1e-4"),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bars (logs, CI)."),
+    devices: Optional[int] = typer.Option(None, "--devices", help="Processes per node (GPUs, or CPU processes); distributed.devices."),
+    num_nodes: Optional[int] = typer.Option(None, "--num-nodes", help="Nodes; distributed.num_nodes. World size = devices x nodes."),
+    accelerator: Optional[str] = typer.Option(None, "--accelerator", help="auto | cpu | gpu; distributed.accelerator."),
+    strategy: Optional[str] = typer.Option(None, "--strategy", help="auto (ddp when devices x nodes > 1) | ddp | ddp_spawn; distributed.strategy."),
 ) -> None:
-    """Train a classifier; writes RUN/best.ckpt, config.yaml, metrics.csv."""
+    """Train a classifier; writes RUN/best.ckpt, config.yaml, metrics.csv (on many processes with --devices/--num-nodes)."""
     from .config import load_config, parse_set_overrides
     from .training import train as run_train
 
@@ -113,7 +117,8 @@ def train(
         "model.backbone": backbone, "model.weights": weights, "data.image_size": image_size,
         "data.val_source": val_source.value if val_source else None, "train.seed": seed,
         "train.batch_size": batch_size, "train.precision": precision.value if precision else None,
-        "train.device": device,
+        "train.device": device, "distributed.devices": devices, "distributed.num_nodes": num_nodes,
+        "distributed.accelerator": accelerator, "distributed.strategy": strategy,
     }.items() if v is not None})
     if limit_train_batches is not None:
         overrides["train.limit_train_batches"] = int(limit_train_batches) if limit_train_batches > 1 else limit_train_batches
@@ -123,6 +128,8 @@ def train(
     if epochs is not None:
         cfg = _set_epochs(cfg, epochs)
     result = run_train(cfg, data, out, resume=resume, progress=_progress() and not no_progress)
+    if not result.is_global_zero:
+        return  # one report per run, from rank 0
     if result.summary.get("calibration_summary"):
         _say(result.summary["calibration_summary"])
     _say(f"best val_loss {result.best_val_loss:.4f} at epoch {result.best_epoch}; checkpoint: {result.checkpoint}")

@@ -15,6 +15,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 import yaml
 
+from .distributed import ACCELERATORS, STRATEGIES, DistributedConfig
 from .errors import ConfigError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -58,6 +59,9 @@ class DataConfig:
     std: tuple[float, float, float] = IMAGENET_STD
     intensity: str = "none"  # none | equalize (per-image histogram equalisation; see Preprocessing)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    # Loader worker processes per training process when streaming from a store (`pneumoscope
+    # prepare`); 0 reads chunks in the training process. The in-memory cache never needs any.
+    loader_workers: int = 0
 
 
 @dataclass
@@ -115,6 +119,9 @@ class TrainConfig:
     device: str = "auto"
     limit_train_batches: float | int = 1.0  # Lightning semantics: fraction or count per epoch
     limit_val_batches: float | int = 1.0
+    # > 0: also save the resumable state every N optimiser steps, so `--resume` continues a long
+    # epoch from where it stopped (streamed stores restore their loader position); 0: per epoch.
+    checkpoint_every_n_steps: int = 0
     stages: list[StageConfig] = field(
         default_factory=lambda: [
             StageConfig(name="stage1", epochs=7, lr=3e-4, trainable_from=None, min_lr=1e-6),
@@ -161,6 +168,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     operating_point: OperatingPointConfig = field(default_factory=OperatingPointConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(asdict(self))
@@ -211,6 +219,19 @@ class Config:
             raise ConfigError(f"operating_point.sensitivity_margin must be in [0, 1), not {op.sensitivity_margin}")
         if self.calibration.n_bins < 1:
             raise ConfigError(f"calibration.n_bins must be positive, not {self.calibration.n_bins}")
+        if self.data.loader_workers < 0:
+            raise ConfigError(f"data.loader_workers must be >= 0, not {self.data.loader_workers}")
+        if self.train.checkpoint_every_n_steps < 0:
+            raise ConfigError(f"train.checkpoint_every_n_steps must be >= 0, not {self.train.checkpoint_every_n_steps}")
+        dist = self.distributed
+        # Only what the values themselves can get wrong: whether this machine has the GPUs is
+        # checked when a Trainer is built (a config read on another machine stays valid).
+        if dist.accelerator not in ACCELERATORS:
+            raise ConfigError(f"distributed.accelerator must be one of {', '.join(ACCELERATORS)}, not {dist.accelerator!r}")
+        if dist.strategy not in STRATEGIES:
+            raise ConfigError(f"distributed.strategy must be one of {', '.join(STRATEGIES)}, not {dist.strategy!r}")
+        if dist.devices < 1 or dist.num_nodes < 1:
+            raise ConfigError(f"distributed.devices and num_nodes must be >= 1, not {dist.devices} and {dist.num_nodes}")
         if not self.train.stages:
             raise ConfigError("train.stages must list at least one stage")
         for st in self.train.stages:
@@ -381,7 +402,7 @@ def read_yaml(path: Path) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of sections (data, model, train, calibration, operating_point)")
+        raise ConfigError(f"{path}: expected a mapping of sections (data, model, train, calibration, operating_point, distributed)")
     return data
 
 

@@ -202,7 +202,10 @@ def decode_images(
 
 
 class CachedDataset(torch.utils.data.Dataset):
-    """Decoded images (uint8, model size) and labels; items are (uint8 (1,S,S), label)."""
+    """Decoded images (uint8, model size) and labels; items are (uint8 (1,S,S), label, id).
+
+    ``id`` is the item's index, as a streamed store's items carry theirs (see ``data/source.py``).
+    """
 
     def __init__(self, samples: Sequence[Sample], prep: Preprocessing, progress: bool = True, desc: str = "decoding") -> None:
         if not samples:
@@ -214,8 +217,8 @@ class CachedDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.images[i][None], self.labels[i]
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        return self.images[i][None], self.labels[i], i
 
     def class_counts(self) -> list[int]:
         return torch.bincount(self.labels, minlength=len(CLASS_NAMES)).tolist()

@@ -107,7 +107,47 @@ def calibrate_checkpoint(
         images = decode_images([s.path for s in samples], predictor.ckpt.preprocessing, progress, desc="decoding val")
     logits = image_logits(predictor, images, progress)
     labels = np.array([s.label for s in samples], dtype=np.int64)
-    pos = predictor.ckpt.positive_index
+    aug_logits = None
+    if cfg.operating_point.augment_draws > 0 and cfg.operating_point.method != "fixed":
+        aug_logits = augmented_logits(predictor, images, cfg, cfg.operating_point.augment_draws, progress)
+    return calibrate_logits(ckpt_path, logits, labels, cfg, out=out, val_source=val_source, aug_logits=aug_logits,
+                            positive_index=predictor.ckpt.positive_index)
+
+
+def calibrate_logits(
+    ckpt_path: str | Path,
+    logits: torch.Tensor,
+    labels: np.ndarray,
+    cfg: Config,
+    *,
+    out: str | Path | None = None,
+    val_source: str = "split",
+    aug_logits: torch.Tensor | None = None,
+    positive_index: int = 1,
+) -> CalibrationResult:
+    """Fit T and choose the threshold from validation logits already computed; store both.
+
+    This is the part of :func:`calibrate_checkpoint` after inference. ``train`` calls it with the
+    logits of every validation image gathered from all its processes, so the temperature and
+    the operating point are the same whatever the number of processes.
+
+    Args:
+        ckpt_path: The checkpoint whose logits these are.
+        logits: (N, C) raw logits of the validation images.
+        labels: (N,) their labels.
+        cfg: As for :func:`calibrate_checkpoint`.
+        out: Where to write; default: ``ckpt_path`` itself, replaced atomically.
+        val_source: Recorded with the operating point.
+        aug_logits: (draws x N, C) logits of augmented passes, draw by draw
+            (``operating_point.augment_draws``), or None.
+        positive_index: Index of the PNEUMONIA class.
+
+    Raises:
+        DataError: As for :func:`calibrate_checkpoint`.
+    """
+    logits = logits.float().cpu()
+    labels = np.asarray(labels, dtype=np.int64)
+    pos = positive_index
     raw_prob = logits.softmax(1)[:, pos].numpy().astype(np.float64)
     n_bins = cfg.calibration.n_bins
     before = calibration_summary(labels, raw_prob, n_bins)
@@ -115,10 +155,10 @@ def calibrate_checkpoint(
     prob = (logits / t).softmax(1)[:, pos].numpy().astype(np.float64)
     op_cfg = cfg.operating_point
     op_labels, op_prob = labels, prob
-    if op_cfg.augment_draws > 0 and op_cfg.method != "fixed":
-        aug_logits = augmented_logits(predictor, images, cfg, op_cfg.augment_draws, progress)
-        op_prob = (aug_logits / t).softmax(1)[:, pos].numpy().astype(np.float64)
-        op_labels = np.tile(labels, op_cfg.augment_draws)
+    if aug_logits is not None and op_cfg.method != "fixed":
+        draws = len(aug_logits) // max(1, len(labels))
+        op_prob = (aug_logits.float().cpu() / t).softmax(1)[:, pos].numpy().astype(np.float64)
+        op_labels = np.tile(labels, draws)
     op = choose_operating_point(
         op_labels, op_prob, op_cfg.method, target_sensitivity=op_cfg.target_sensitivity,
         margin=op_cfg.sensitivity_margin, threshold=cfg.train.threshold,
@@ -143,7 +183,7 @@ def calibrate_checkpoint(
         val_source=val_source,
         val_calibration_raw=before,
         val_calibration=calibration_summary(labels, prob, n_bins),
-        augment_draws=op_cfg.augment_draws if op_labels is not labels else 0,
+        augment_draws=len(op_labels) // max(1, len(labels)) if op_labels is not labels else 0,
     )
     record = {**op.to_dict(), "val_source": val_source, "augment_draws": result.augment_draws}
     update_checkpoint(

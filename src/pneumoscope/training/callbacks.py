@@ -1,4 +1,8 @@
-"""Keras-style callbacks the seed relies on, as Lightning callbacks."""
+"""Keras-style callbacks the seed relies on, as Lightning callbacks.
+
+Under DDP every rank runs them with the same (gathered) validation metrics, so they decide
+alike everywhere; only rank 0 writes files.
+"""
 
 from __future__ import annotations
 
@@ -30,6 +34,7 @@ class RestoreBestWeights(L.Callback):
         self.path = path
         self.best = math.inf
         self.keep_last = keep_last  # select "last": every epoch replaces the kept weights
+        self._state: dict[str, torch.Tensor] | None = None  # this process's copy (every rank has one)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
@@ -37,14 +42,19 @@ class RestoreBestWeights(L.Callback):
         loss = _metric(trainer, "val_loss")
         if loss < self.best or self.keep_last:
             self.best = loss
-            from safetensors.torch import save_file
-
             model = getattr(pl_module, "eval_model", pl_module.model)  # the EMA weights when on
-            state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-            with atomic_path(self.path) as tmp:
-                save_file(state, str(tmp))
+            self._state = {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
+            if trainer.is_global_zero:
+                from safetensors.torch import save_file
+
+                with atomic_path(self.path) as tmp:
+                    save_file(self._state, str(tmp))
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._state is not None:
+            pl_module.model.load_state_dict(self._state)
+            return
+        trainer.strategy.barrier()  # a resumed stage's best weights are on disk, written by rank 0
         if self.path.is_file():
             from safetensors.torch import load_file
 
@@ -69,10 +79,14 @@ class ExportBest(L.Callback):
         run_state: dict[str, Any],
         export: Callable[[torch.nn.Module, dict[str, float]], None],
         keep_last: bool = False,
+        best: dict[str, Any] | None = None,
     ) -> None:
         self.run_state = run_state
         self.export = export
         self.keep_last = keep_last
+        #: ``best["state"]``: this process's copy of the exported weights (calibration uses them
+        #: on every rank without reading rank 0's file).
+        self.best = best if best is not None else {}
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
@@ -83,17 +97,54 @@ class ExportBest(L.Callback):
             self.run_state["best_epoch"] = self.run_state["epoch_offset"] + trainer.current_epoch + 1
             metrics = {k: _metric(trainer, k) for k in ("val_loss", "val_acc", "val_auc")}
             metrics["epoch"] = self.run_state["best_epoch"]
-            self.export(getattr(pl_module, "eval_model", pl_module.model), metrics)
+            model = getattr(pl_module, "eval_model", pl_module.model)
+            self.best["state"] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            if trainer.is_global_zero:
+                self.export(model, metrics)
+
+
+class SamplesSeen(L.Callback):
+    """Training images seen per epoch, summed over all ranks (``summary.json``, ``metrics.csv``).
+
+    The count of the epoch in progress is part of the Lightning checkpoint, so an epoch resumed
+    part-way still adds up to the images it covered once.
+    """
+
+    def __init__(self) -> None:
+        self.local = 0  # this rank's images in the epoch so far
+        self.epoch = -1  # the epoch ``local`` counts
+        self.last_epoch_total = 0
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.epoch != trainer.current_epoch:  # a new epoch, not one resumed part-way
+            self.local, self.epoch = 0, trainer.current_epoch
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        self.local += len(batch[1])
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        total = trainer.strategy.reduce(torch.tensor(float(self.local), device=pl_module.device), reduce_op="sum")
+        self.last_epoch_total = int(round(float(total)))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"local": self.local, "epoch": self.epoch}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.local = int(state.get("local", 0))
+        self.epoch = int(state.get("epoch", -1))
 
 
 class MetricsCSV(L.Callback):
     """One row per epoch in ``metrics.csv``, with epochs numbered across stages (8-21 in stage 2)."""
 
-    FIELDS = ("epoch", "stage", "train_loss", "train_acc", "val_loss", "val_acc", "val_auc", "lr", "seconds")
+    FIELDS = ("epoch", "stage", "train_loss", "train_acc", "val_loss", "val_acc", "val_auc", "lr", "samples", "seconds")
 
     def __init__(
-        self, path: Path, stage: str, epoch_offset: int, echo: Callable[[str], None] | None = None, epochs: int = 0
+        self, path: Path, stage: str, epoch_offset: int, echo: Callable[[str], None] | None = None, epochs: int = 0,
+        seen: SamplesSeen | None = None,
     ) -> None:
+        self.seen = seen
         self.path = path
         self.stage = stage
         self.epoch_offset = epoch_offset
@@ -106,6 +157,8 @@ class MetricsCSV(L.Callback):
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Runs after validation in Lightning 2.x, so both train and val metrics are present.
+        if not trainer.is_global_zero:
+            return
         new = not self.path.exists()
         lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else float("nan")
         row = {
@@ -113,6 +166,7 @@ class MetricsCSV(L.Callback):
             "stage": self.stage,
             **{k: f"{_metric(trainer, k):.6g}" for k in ("train_loss", "train_acc", "val_loss", "val_acc", "val_auc")},
             "lr": f"{lr:.3g}",
+            "samples": self.seen.last_epoch_total if self.seen is not None else "",
             "seconds": f"{time.perf_counter() - self._t0:.1f}",
         }
         with open(self.path, "a", newline="", encoding="utf-8") as fh:

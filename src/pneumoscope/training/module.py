@@ -1,4 +1,10 @@
-"""The LightningModule: loss as the seed defines it, batched augmentation, validation AUC."""
+"""The LightningModule: loss as the seed defines it, batched augmentation, validation AUC.
+
+Batches are ``(uint8 images, labels, ids)`` from any image source (``data/source.py``). Under
+DDP every rank validates its own share; the logits of all ranks are gathered, put back in id
+order once each, and the metrics computed from all of them, so every rank logs the same
+``val_loss`` and early stopping, LR-on-plateau and checkpoint choice agree everywhere.
+"""
 
 from __future__ import annotations
 
@@ -54,10 +60,16 @@ class ClassifierModule(L.LightningModule):
             torch.tensor(class_weights if class_weights else [1.0, 1.0], dtype=torch.float32),
             persistent=False,
         )
-        self._val_probs: list[torch.Tensor] = []
+        self._val_logits: list[torch.Tensor] = []
         self._val_labels: list[torch.Tensor] = []
-        self._val_loss_sum = 0.0
-        self._val_n = 0
+        self._val_ids: list[torch.Tensor] = []
+        #: After each validation: every validation image's logits (N, C), labels and ids, all
+        #: ranks together, in id order (what calibration fits the temperature and threshold on).
+        self.val_logits = torch.empty(0, 2)
+        self.val_labels = torch.empty(0, dtype=torch.long)
+        self.val_ids = torch.empty(0, dtype=torch.long)
+        #: Set (a seeded generator) to validate through the training augmentation instead.
+        self.val_augment: torch.Generator | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -71,10 +83,10 @@ class ClassifierModule(L.LightningModule):
         if self.ema is not None:
             self.ema.update_parameters(self.model)
 
-    def _inputs(self, x: torch.Tensor, train: bool) -> torch.Tensor:
+    def _inputs(self, x: torch.Tensor, train: bool, generator: torch.Generator | None = None) -> torch.Tensor:
         x = x.float().div_(255.0)
         if train and self.augment is not None:
-            x = augment_batch(x, self.augment)
+            x = augment_batch(x, self.augment, generator=generator)
         x = self.prep.normalize(x)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -91,8 +103,8 @@ class ClassifierModule(L.LightningModule):
         per = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing, reduction="none")
         return (per * self.class_weights[y]).mean()
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], _idx: int) -> torch.Tensor:
-        x, y = batch
+    def training_step(self, batch: tuple[torch.Tensor, ...], _idx: int) -> torch.Tensor:
+        x, y = batch[0], batch[1]
         x = self._inputs(x, train=True)
         if self.mixup > 0:
             # One weight per batch from the seeded global generator; the loss mixes both labels.
@@ -104,33 +116,66 @@ class ClassifierModule(L.LightningModule):
             logits = self(x).float()
             loss = self._weighted_ce(logits, y) + self._l2()
         acc = (logits.argmax(1) == y).float().mean()
-        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
-        self.log("train_acc", acc, on_step=False, on_epoch=True, batch_size=len(y))
+        distributed = self._world_size() > 1
+        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y), sync_dist=distributed)
+        self.log("train_acc", acc, on_step=False, on_epoch=True, batch_size=len(y), sync_dist=distributed)
         return loss
 
-    def on_validation_epoch_start(self) -> None:
-        self._val_probs, self._val_labels = [], []
-        self._val_loss_sum, self._val_n = 0.0, 0
+    def _world_size(self) -> int:
+        return self._trainer.world_size if self._trainer is not None else 1
 
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], _idx: int) -> None:
-        x, y = batch
-        logits = self.eval_model(self._inputs(x, train=False)).float()
-        per = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing, reduction="sum")
-        self._val_loss_sum += float(per)
-        self._val_n += len(y)
-        self._val_probs.append(logits.softmax(1)[:, -1].detach().cpu())
+    def on_validation_epoch_start(self) -> None:
+        self._val_logits, self._val_labels, self._val_ids = [], [], []
+
+    def validation_step(self, batch: tuple[torch.Tensor, ...], _idx: int) -> None:
+        x, y = batch[0], batch[1]
+        ids = batch[2] if len(batch) > 2 else torch.arange(len(y)) + sum(len(t) for t in self._val_labels)
+        augment = self.val_augment is not None
+        logits = self.eval_model(self._inputs(x, train=augment, generator=self.val_augment)).float()
+        self._val_logits.append(logits.detach().cpu())
         self._val_labels.append(y.detach().cpu())
+        self._val_ids.append(torch.as_tensor(ids).detach().cpu().long())
 
     def on_validation_epoch_end(self) -> None:
-        if not self._val_n:
+        local = (
+            torch.cat(self._val_logits) if self._val_logits else torch.empty(0, 2),
+            torch.cat(self._val_labels) if self._val_labels else torch.empty(0, dtype=torch.long),
+            torch.cat(self._val_ids) if self._val_ids else torch.empty(0, dtype=torch.long),
+        )
+        logits, labels, ids = (self._gather(t) for t in local)
+        # A DistributedSampler pads ranks with repeats: keep each id once, in id order.
+        order = torch.argsort(ids, stable=True)
+        ids, logits, labels = ids[order], logits[order], labels[order]
+        keep = torch.ones(len(ids), dtype=torch.bool)
+        keep[1:] = ids[1:] != ids[:-1]
+        self.val_logits, self.val_labels, self.val_ids = logits[keep], labels[keep], ids[keep]
+        if not len(self.val_ids):
             return
-        probs = torch.cat(self._val_probs).numpy()
-        labels = torch.cat(self._val_labels).numpy()
-        val_loss = self._val_loss_sum / self._val_n + float(self._l2(self.eval_model))
-        acc = float(((probs >= 0.5).astype(int) == labels).mean())
-        self.log("val_loss", val_loss, prog_bar=True)
-        self.log("val_acc", acc, prog_bar=True)
-        self.log("val_auc", _auc(labels, probs), prog_bar=True)
+        probs = self.val_logits.softmax(1)[:, -1].numpy()
+        y = self.val_labels.numpy()
+        ce = F.cross_entropy(self.val_logits, self.val_labels, label_smoothing=self.label_smoothing)
+        val_loss = float(ce) + float(self._l2(self.eval_model))
+        acc = float(((probs >= 0.5).astype(int) == y).mean())
+        # Identical on every rank already (computed from the gathered set); sync_dist only
+        # keeps Lightning from warning about epoch-level values in DDP.
+        sync = self._world_size() > 1
+        self.log("val_loss", val_loss, prog_bar=True, sync_dist=sync)
+        self.log("val_acc", acc, prog_bar=True, sync_dist=sync)
+        self.log("val_auc", _auc(y, probs), prog_bar=True, sync_dist=sync)
+
+    def _gather(self, t: torch.Tensor) -> torch.Tensor:
+        """Concatenate ``t`` (first dim may differ per rank) from every rank, rank by rank."""
+        world = self._world_size()
+        if world == 1:
+            return t
+        dev = self.device
+        n = torch.tensor([t.shape[0]], device=dev)
+        sizes = self.all_gather(n).reshape(world).tolist()
+        m = max(sizes)
+        padded = torch.zeros((m, *t.shape[1:]), dtype=t.dtype, device=dev)
+        padded[: t.shape[0]] = t.to(dev)
+        every = self.all_gather(padded).reshape(world, m, *t.shape[1:]).cpu()
+        return torch.cat([every[r, : sizes[r]] for r in range(world)])
 
     def configure_optimizers(self):  # type: ignore[no-untyped-def]
         st = self.stage

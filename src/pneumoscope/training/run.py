@@ -1,4 +1,4 @@
-"""Train a configuration end to end: splits → cached images → stages → ``best.ckpt``.
+"""Train a configuration end to end: image sources → stages → calibration → ``best.ckpt``.
 
 Each stage is its own ``Trainer.fit`` with fresh callbacks (as the seed re-created its Keras
 callbacks per stage): early stopping and LR-on-plateau on ``val_loss``, and the stage's best
@@ -14,12 +14,13 @@ import csv
 import json
 import logging
 import math
+import os
 import sys
 import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import lightning as L
 import torch
@@ -27,28 +28,29 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
 from ..checkpoint import CLASS_NAMES, save_checkpoint
 from ..config import Config, _merge, dump_config
-from ..data.dataset import CachedDataset, load_splits
+from ..data.source import SourceDataModule, open_training_data
 from ..data.transforms import Preprocessing
+from ..distributed import trainer_kwargs
 from ..errors import ConfigError, DataError
 from ..fileio import atomic_path, atomic_write_text
 from ..models import create_model, get_model_info
 from ..runtime import channels_last_preferred, lightning_precision, resolve_device, resolve_precision
-from .callbacks import ExportBest, MetricsCSV, RestoreBestWeights
+from .callbacks import ExportBest, MetricsCSV, RestoreBestWeights, SamplesSeen
 from .module import ClassifierModule
 
 log = logging.getLogger(__name__)
 
 
 def _calibrate(
-    ckpt: Path, samples: list, images: torch.Tensor, cfg: Config, precision: str, device: torch.device,
-    val_source: str, progress: bool,
+    ckpt: Path, logits: torch.Tensor, labels: Any, cfg: Config, val_source: str,
+    aug_logits: torch.Tensor | None = None,
 ) -> dict[str, Any]:
-    """Temperature and operating point on the validation split, into best.ckpt and summary.json.
+    """Temperature and operating point from all validation logits, into best.ckpt and summary.json.
 
     A validation split that cannot carry an operating point (one class only, say) warns and
     keeps the configured threshold with T = 1, rather than throwing the trained model away.
     """
-    from .calibrate import calibrate_checkpoint
+    from .calibrate import calibrate_logits
 
     if val_source == "test":
         warnings.warn(
@@ -56,9 +58,7 @@ def _calibrate(
             stacklevel=3,
         )
     try:
-        result = calibrate_checkpoint(
-            ckpt, samples, cfg, precision, device, images=images, val_source=val_source, progress=progress
-        )
+        result = calibrate_logits(ckpt, logits, labels, cfg, val_source=val_source, aug_logits=aug_logits)
     except DataError as exc:
         warnings.warn(
             f"operating point not chosen on validation ({exc}); keeping threshold {cfg.train.threshold} and "
@@ -84,6 +84,7 @@ class TrainResult:
     best_epoch: int
     seconds: float
     summary: dict[str, Any]
+    is_global_zero: bool = True  # False in the other processes of a distributed run
 
 
 def _class_weights(counts: list[int], mode: str | None) -> list[float] | None:
@@ -94,6 +95,7 @@ def _class_weights(counts: list[int], mode: str | None) -> list[float] | None:
 
 
 def _write_splits(path: Path, splits: dict[str, list]) -> None:
+    """``splits.csv`` from lists of samples (``pneumoscope calibrate`` checks against it)."""
     with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
         w.writerow(["path", "label", "patient_id", "split"])
@@ -115,16 +117,25 @@ def _limits(cfg: Config) -> dict[str, float | int]:
 @contextlib.contextmanager
 def _quiet_lightning() -> Iterator[None]:
     """Silence Lightning's advice that does not apply here (workers for in-memory tensors, tips)."""
-    loggers = [logging.getLogger(n) for n in ("lightning.pytorch", "lightning.fabric", "lightning")]
+    # LitData warns that evaluation streams keep every image (drop_last off) under DDP: that is
+    # the point (the validation outputs are gathered, not reduced step by step).
+    quiet = {"lightning.pytorch": logging.WARNING, "lightning.fabric": logging.WARNING, "lightning": logging.WARNING,
+             "litdata": logging.ERROR}
+    loggers = [logging.getLogger(n) for n in quiet]
     levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.WARNING)
+    for lg, lvl in zip(loggers, quiet.values()):
+        lg.setLevel(lvl)
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*does not have many workers.*")
             warnings.filterwarnings("ignore", message=".*number of training batches.*")
             warnings.filterwarnings("ignore", message=".*Checkpoint directory.*exists and is not empty.*")
             warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+            # Lightning's own all_gather (used for the validation outputs) and LitData's sized stream.
+            warnings.filterwarnings("ignore", message=".*all_gather is deprecated.*")
+            warnings.filterwarnings("ignore", message=".*IterableDataset. has .__len__. defined.*")
+            # The samples a DistributedSampler repeats are dropped again by id (module.py).
+            warnings.filterwarnings("ignore", message=".*Using `DistributedSampler` with the dataloaders.*")
             yield
     finally:
         for lg, lvl in zip(loggers, levels):
@@ -164,6 +175,40 @@ def _echo(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
+def _global_rank(cfg: Config) -> int:
+    """This process's rank as its launcher set it, before any Trainer exists.
+
+    torchrun sets ``RANK``, SLURM ``SLURM_PROCID``; Lightning's own launcher starts the other
+    processes of a node with ``LOCAL_RANK`` (and ``NODE_RANK`` on every node). Rank 0 alone
+    writes the run folder.
+    """
+    env = os.environ
+    if "RANK" in env:
+        return int(env["RANK"])
+    if "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
+        return int(env["SLURM_PROCID"])
+    return int(env.get("NODE_RANK", 0)) * cfg.distributed.devices + int(env.get("LOCAL_RANK", 0))
+
+
+def _device(cfg: Config) -> torch.device:
+    """The device type every process runs on (one process: the exact device, e.g. cuda:1)."""
+    accel = cfg.distributed.accelerator
+    if accel == "cpu":
+        return torch.device("cpu")
+    if accel == "gpu" and cfg.train.device in ("auto", "cpu"):
+        return torch.device("cuda")
+    device = resolve_device(cfg.train.device)
+    if cfg.distributed.world_size > 1 and device.type == "cuda":
+        return torch.device("cuda")  # each process gets its own GPU from Lightning
+    return device
+
+
+def _resume_from(state_dir: Path, stage: str) -> Path | None:
+    """The newer of the stage's end-of-epoch and mid-epoch checkpoints (None: start the stage)."""
+    found = [p for p in (state_dir / f"{stage}-last.ckpt", state_dir / f"{stage}-step.ckpt") if p.is_file()]
+    return max(found, key=lambda p: p.stat().st_mtime_ns) if found else None
+
+
 def train(
     cfg: Config,
     data: str | Path,
@@ -171,11 +216,17 @@ def train(
     *,
     resume: bool = False,
     progress: bool = True,
+    callbacks: Sequence[L.Callback] = (),
 ) -> TrainResult:
-    """Train ``cfg`` on ``data`` (Kaggle-layout root or CSV manifest) into the run folder ``out``.
+    """Train ``cfg`` on ``data`` into the run folder ``out``, on one process or many.
+
+    ``data`` is a Kaggle-layout root or a CSV manifest (decoded into memory once) or a store
+    made by ``pneumoscope prepare`` (streamed). ``cfg.distributed`` says how many processes:
+    launched by Lightning itself, by ``torchrun`` or by SLURM ``srun``, every process runs this
+    function; rank 0 alone writes the run folder.
 
     Writes ``best.ckpt``, ``config.yaml``, ``metrics.csv``, ``splits.csv`` and ``summary.json``;
-    resumable state lives in ``out/state/``.
+    resumable state lives in ``out/state/``. ``callbacks`` are added to every stage's Trainer.
     """
     t0 = time.perf_counter()
     cfg.validate()
@@ -188,52 +239,82 @@ def train(
     cam_layer = cfg.model.cam_layer or info.default_layer
     state_dir = out / "state"
     progress_file = state_dir / "progress.json"
-    if out.exists() and any(out.iterdir()) and not resume:
+    rank0 = _global_rank(cfg) == 0
+    # Only rank 0 checks for a fresh folder: the others may start after it has written to it.
+    if rank0 and out.exists() and any(out.iterdir()) and not resume:
         raise DataError(f"{out}: run folder is not empty; pass --resume to continue it or choose another --out")
     if resume and not progress_file.is_file():
         raise DataError(f"{out}: nothing to resume (no state/progress.json); start a new run instead")
     if resume:
         _check_same_config(cfg, out / "config.yaml")
-    device = resolve_device(cfg.train.device)
+    if cfg.distributed.strategy == "ddp_spawn":
+        # ddp_spawn trains in child processes and hands back only the weights; the run's state
+        # (best epoch, calibration) would stay behind in them.
+        raise ConfigError(
+            "--strategy ddp_spawn is not supported by train; use ddp (the default for several devices), "
+            "which Lightning, torchrun and srun all launch"
+        )
+    device = _device(cfg)
+    trainer_kwargs(cfg.distributed, device)  # checks now that the GPUs asked for exist
     precision = resolve_precision(cfg.train.precision, device)
-    L.seed_everything(cfg.train.seed, workers=True, verbose=False)
+    L.seed_everything(cfg.train.seed, workers=True, verbose=False)  # the same seed on every rank
 
     # Build the model before touching data, so a weights problem fails at once.
     model = create_model(cfg.model.backbone, weights=cfg.model.weights, num_classes=len(CLASS_NAMES))
     model.module_path(cam_layer)  # unknown layer names fail now, not after training
     prep = Preprocessing(cfg.data.image_size, tuple(cfg.data.mean), tuple(cfg.data.std), cfg.data.intensity)  # type: ignore[arg-type]
 
-    splits = load_splits(data, cfg.data.val_source, cfg.data.val_fraction, cfg.train.seed)
-    train_ds = CachedDataset(splits.train, prep, progress, desc="decoding train")
-    val_ds = CachedDataset(splits.val, prep, progress, desc="decoding val")
-    counts = train_ds.class_counts()
+    sources = open_training_data(data, cfg, prep, progress)
+    counts = sources.train.class_counts()
+    # Class balance by loss weights (the same on every rank), never by a sampler.
     weights = _class_weights(counts, cfg.train.class_weights)
     # Only now does the run folder appear: a typo in --data or an offline --weights imagenet
     # must not leave a half-made run that blocks the retry.
-    state_dir.mkdir(parents=True, exist_ok=True)
-    if not resume:
-        dump_config(cfg, out / "config.yaml")
-    _write_splits(out / "splits.csv", {"train": splits.train, "val": splits.val})
+    if rank0:
+        # The other ranks touch the folder only inside fit, once rank 0 has joined them (torchrun
+        # and srun start every rank at once; rank 0 must still find a fresh folder fresh).
+        state_dir.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            dump_config(cfg, out / "config.yaml")
+        sources.write_splits(out / "splits.csv", atomic_path)
 
     run_state: dict[str, Any] = {"completed": [], "epoch_offset": 0, "best_val_loss": math.inf, "best_epoch": 0}
     if resume:
         run_state.update(json.loads(progress_file.read_text()))
+    elif rank0:
+        # From the start, so that a run killed inside its first stage can be resumed too.
+        atomic_write_text(progress_file, json.dumps(run_state, indent=2))
 
     def export(m: torch.nn.Module, val: dict[str, float]) -> None:
         save_checkpoint(
             out / "best.ckpt", m, architecture=cfg.model.backbone, preprocessing=prep, target_layer=cam_layer,
             threshold=cfg.train.threshold, config=cfg.to_dict(),
-            info={"validation": val, "val_source": splits.val_source, "train_counts": counts,
+            info={"validation": val, "val_source": sources.val_source, "train_counts": counts,
                   "class_weights": weights, "data": str(data)},
         )
 
-    gen = torch.Generator().manual_seed(cfg.train.seed)
-    train_loader = torch.utils.data.DataLoader(train_ds, batch_size=cfg.train.batch_size, shuffle=True, generator=gen)
-    val_loader = torch.utils.data.DataLoader(val_ds, batch_size=max(cfg.train.batch_size, 64), shuffle=False)
+    loaders = SourceDataModule(sources.train, sources.val, cfg.train.batch_size, cfg.train.seed,
+                               cfg.data.loader_workers, cfg.distributed.world_size)
     channels_last = channels_last_preferred(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
 
+    def make_trainer(stage_callbacks: list[L.Callback], **kwargs: Any) -> L.Trainer:
+        # The one place a Trainer is built: devices, nodes and strategy from cfg.distributed.
+        return L.Trainer(
+            **trainer_kwargs(cfg.distributed, device),  # a fresh strategy object per Trainer
+            precision=lightning_precision(precision),  # type: ignore[arg-type]
+            callbacks=stage_callbacks,
+            logger=False,
+            enable_progress_bar=progress,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            default_root_dir=str(state_dir),
+            **kwargs,
+        )
+
+    best: dict[str, Any] = {}  # this process's copy of best.ckpt's weights
+    trainer: L.Trainer | None = None
     trained_now = False
     for stage in cfg.train.stages:
         if stage.name in run_state["completed"]:
@@ -252,65 +333,128 @@ def train(
             model, prep, stage, cfg.data.augment, weights, cfg.train.label_smoothing, cfg.train.head_l2, channels_last,
             ema_decay=cfg.train.ema_decay, mixup=cfg.train.mixup,
         )
-        last = ModelCheckpoint(dirpath=state_dir, filename=f"{stage.name}-last", save_top_k=1, enable_version_counter=False)
-        callbacks: list[L.Callback] = [
+        seen = SamplesSeen()
+        stage_callbacks: list[L.Callback] = [
             EarlyStopping(monitor="val_loss", mode="min", patience=stage.early_stopping_patience, min_delta=0.0),
             RestoreBestWeights(state_dir / f"{stage.name}-best.safetensors", keep_last=cfg.train.select == "last"),
-            ExportBest(run_state, export, keep_last=cfg.train.select == "last"),
+            ExportBest(run_state, export, keep_last=cfg.train.select == "last", best=best),
+            seen,
             MetricsCSV(out / "metrics.csv", stage.name, run_state["epoch_offset"],
-                       echo=None if progress else _echo, epochs=stage.epochs),
-            last,
+                       echo=None if progress else _echo, epochs=stage.epochs, seen=seen),
+            ModelCheckpoint(dirpath=state_dir, filename=f"{stage.name}-last", save_top_k=1, enable_version_counter=False),
+            *callbacks,
         ]
+        if cfg.train.checkpoint_every_n_steps:
+            # Mid-epoch state (with a store, the loader's position too) for --resume.
+            stage_callbacks.append(ModelCheckpoint(
+                dirpath=state_dir, filename=f"{stage.name}-step", save_top_k=1, enable_version_counter=False,
+                every_n_train_steps=cfg.train.checkpoint_every_n_steps,
+            ))
         with _quiet_lightning():
-            trainer = L.Trainer(
-                accelerator="gpu" if device.type == "cuda" else "cpu",
-                # devices=1 would mean "the first GPU"; honour an explicit cuda:N.
-                devices=[device.index] if device.type == "cuda" and device.index is not None else 1,
-                precision=lightning_precision(precision),  # type: ignore[arg-type]
+            trainer = make_trainer(
+                stage_callbacks,
                 max_epochs=stage.epochs,
                 gradient_clip_val=stage.grad_clip_norm,
                 gradient_clip_algorithm="norm",
-                callbacks=callbacks,
-                logger=False,
                 enable_checkpointing=True,
-                enable_progress_bar=progress,
-                enable_model_summary=False,
-                num_sanity_val_steps=0,
                 **_limits(cfg),
-                default_root_dir=str(state_dir),
             )
-            ckpt_path = state_dir / f"{stage.name}-last.ckpt"
-            trainer.fit(module, train_loader, val_loader, ckpt_path=str(ckpt_path) if resume and ckpt_path.is_file() else None)
+            ckpt_path = _resume_from(state_dir, stage.name) if resume else None
+            trainer.fit(module, datamodule=loaders, ckpt_path=str(ckpt_path) if ckpt_path else None)
         run_state["epoch_offset"] += trainer.current_epoch
         run_state["completed"].append(stage.name)
-        atomic_write_text(progress_file, json.dumps(run_state, indent=2))  # --resume reads it
+        if trainer.is_global_zero:
+            atomic_write_text(progress_file, json.dumps(run_state, indent=2))  # --resume reads it
+        trainer.strategy.barrier()
 
     ckpt = out / "best.ckpt"
-    if not ckpt.is_file():
+    if not ckpt.is_file() and rank0:
         raise DataError(f"{out}: training finished without a validation result; no checkpoint was written")
     if trained_now or "calibration" not in run_state:
-        run_state["calibration"] = _calibrate(
-            ckpt, splits.val, val_ds.images, cfg, precision, device, splits.val_source, progress
+        run_state["calibration"] = _calibrate_run(
+            cfg, model, best, ckpt, prep, loaders, channels_last, make_trainer, sources.val_source, rank0,
         )
-        atomic_write_text(progress_file, json.dumps(run_state, indent=2))  # a finished run is not redone
+        if rank0:
+            atomic_write_text(progress_file, json.dumps(run_state, indent=2))  # a finished run is not redone
     calibration = run_state["calibration"]
     seconds = time.perf_counter() - t0
+    dist = cfg.distributed
     summary = {
         "backbone": cfg.model.backbone,
         "weights": cfg.model.weights,
         "image_size": cfg.data.image_size,
         "device": str(device),
         "precision": precision,
-        "val_source": splits.val_source,
-        "n_train": len(train_ds),
-        "n_val": len(val_ds),
+        "data_source": sources.kind,  # memory (decoded once into RAM) | store (streamed)
+        "world_size": dist.world_size,
+        "num_nodes": dist.num_nodes,
+        "devices": dist.devices,
+        "val_source": sources.val_source,
+        "n_train": len(sources.train),
+        "n_val": len(sources.val),
         "train_counts": dict(zip(CLASS_NAMES, counts)),
         "class_weights": weights,
+        "samples_per_epoch": _samples_per_epoch(out / "metrics.csv") if rank0 else [],
         "best_val_loss": run_state["best_val_loss"],
         "best_epoch": run_state["best_epoch"],
         "epochs_run": run_state["epoch_offset"],
         **calibration,
         "seconds": round(seconds, 1),
     }
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
-    return TrainResult(out, ckpt, run_state["best_val_loss"], run_state["best_epoch"], seconds, summary)
+    if rank0:
+        atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
+    return TrainResult(out, ckpt, run_state["best_val_loss"], run_state["best_epoch"], seconds, summary, rank0)
+
+
+def _samples_per_epoch(metrics_csv: Path) -> list[int]:
+    """Training images seen in each epoch (all ranks together), from metrics.csv."""
+    if not metrics_csv.is_file():
+        return []
+    with open(metrics_csv, newline="", encoding="utf-8") as fh:
+        return [int(r["samples"]) for r in csv.DictReader(fh) if (r.get("samples") or "").isdigit()]
+
+
+def _calibrate_run(
+    cfg: Config, model: torch.nn.Module, best: dict[str, Any], ckpt: Path, prep: Preprocessing,
+    loaders: L.LightningDataModule, channels_last: bool, make_trainer: Any, val_source: str, rank0: bool,
+) -> dict[str, Any]:
+    """Validation logits of best.ckpt's weights from every rank, gathered; rank 0 calibrates.
+
+    Every process runs the same validation pass (each on its share of the images); the module
+    gathers the logits, so rank 0 fits the temperature and threshold on all of them.
+    """
+    from ..config import StageConfig
+
+    if "state" in best:
+        model.load_state_dict(best["state"])
+    else:  # resumed after the best epoch: its weights are in best.ckpt (a file every rank can read)
+        from ..checkpoint import load_checkpoint
+
+        model.load_state_dict(load_checkpoint(ckpt).model.state_dict())
+    module = ClassifierModule(model, prep, StageConfig(), cfg.data.augment, None, cfg.train.label_smoothing,
+                              cfg.train.head_l2, channels_last)
+    with _quiet_lightning():
+        trainer = make_trainer([], enable_checkpointing=False, **_limits(cfg))
+        trainer.validate(module, datamodule=loaders, verbose=False)
+        logits, labels = module.val_logits, module.val_labels.numpy()
+        aug = None
+        op = cfg.operating_point
+        if op.augment_draws > 0 and op.method != "fixed":
+            # Each rank draws its own augmentations (seeded by seed and rank); gathered by id.
+            module.val_augment = torch.Generator().manual_seed(int(cfg.train.seed) + 7919 * trainer.global_rank)
+            passes = []
+            for _ in range(op.augment_draws):
+                trainer.validate(module, datamodule=loaders, verbose=False)
+                passes.append(module.val_logits)
+            aug = torch.cat(passes)
+    result: dict[str, Any] = {}
+    if rank0:
+        result = _calibrate(ckpt, logits, labels, cfg, val_source, aug)
+    return _broadcast(trainer, result)
+
+
+def _broadcast(trainer: L.Trainer, obj: Any) -> Any:
+    """Rank 0's ``obj`` on every rank (summary.json and the return value agree everywhere)."""
+    if trainer.world_size == 1:
+        return obj
+    return trainer.strategy.broadcast(obj, src=0)
