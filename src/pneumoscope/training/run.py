@@ -34,6 +34,7 @@ from ..fileio import atomic_path, atomic_write_text
 from ..models import create_model, get_model_info
 from ..runtime import channels_last_preferred, lightning_precision, resolve_device, resolve_precision
 from .callbacks import ExportBest, MetricsCSV, RestoreBestWeights
+from .curves import plot_training_curves
 from .module import ClassifierModule
 
 log = logging.getLogger(__name__)
@@ -174,7 +175,7 @@ def train(
 ) -> TrainResult:
     """Train ``cfg`` on ``data`` (Kaggle-layout root or CSV manifest) into the run folder ``out``.
 
-    Writes ``best.ckpt``, ``config.yaml``, ``metrics.csv``, ``splits.csv`` and ``summary.json``;
+    Writes ``best.ckpt``, ``config.yaml``, ``metrics.csv``, ``curves.png``, ``splits.csv`` and ``summary.json``;
     resumable state lives in ``out/state/``.
     """
     t0 = time.perf_counter()
@@ -312,5 +313,7 @@ def train(
         **calibration,
         "seconds": round(seconds, 1),
     }
+    if (out / "metrics.csv").is_file():
+        plot_training_curves(out / "metrics.csv", out / "curves.png")
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
     return TrainResult(out, ckpt, run_state["best_val_loss"], run_state["best_epoch"], seconds, summary)
