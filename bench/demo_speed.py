@@ -59,7 +59,7 @@ def run_once(seed: int, precision: str, env: dict[str, str], out: Path, extra: l
         raise SystemExit(f"demo failed (exit {proc.returncode}): {' '.join(cmd)}")
     doc = json.loads((out / "demo.json").read_text())
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return {"seed": seed, "wall": round(wall, 1), "cpu": round(cpu, 1), **doc}
+    return {**doc, "seed": seed, "wall": round(wall, 1), "cpu": round(cpu, 1)}
 
 
 def check(r: dict, max_seconds: float) -> list[str]:

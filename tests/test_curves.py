@@ -61,4 +61,4 @@ def test_demo_report_shows_the_training_curves_and_writes_demo_json(tmp_path):
     assert all(v["wall"] >= 0 and v["cpu"] >= 0 for v in doc["steps"].values())
     assert doc["accuracy"] == r.metrics["accuracy"] and doc["shortcut"] is None and doc["epochs"] == 3
     assert sum(v["wall"] for v in doc["steps"].values()) <= doc["seconds"] + 0.5
-    assert "cores" in doc["cpu"] and "CPU" in html
+    assert "cores" in doc["machine"] and "CPU" in html

@@ -334,7 +334,7 @@ def _write_summary(
     doc = {
         "seconds": round(seconds, 2),
         "steps": steps,
-        "cpu": cpu_summary(),
+        "machine": cpu_summary(),
         "precision": precision,
         "image_size": image_size,
         "epochs": epochs,

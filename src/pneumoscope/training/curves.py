@@ -75,7 +75,9 @@ def plot_training_curves(metrics_csv: str | Path, out: str | Path) -> Path | Non
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
-        if title == "learning rate" and all(float(r["lr"]) > 0 for r in rows):
+        lrs = [float(r["lr"]) for r in rows]
+        # A log scale shows a schedule that spans decades; a single drop reads better linearly.
+        if title == "learning rate" and min(lrs) > 0 and max(lrs) / min(lrs) > 20:
             ax.set_yscale("log")
         if len(series) > 1:
             ax.legend(fontsize=8)
