@@ -7,6 +7,7 @@ just drawing it.
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from collections.abc import Callable
@@ -19,11 +20,13 @@ import numpy as np
 from .config import load_config
 from .data.dataset import CLASS_NAMES
 from .errors import DataError
+from .fileio import atomic_write_text
 from .evaluation.evaluate import evaluate
 from .explanation.cam import explain
 from .explanation.overlay import hotspot_activation, hotspot_overlay, resize_map
 from .inference import Predictor
 from .report import GalleryTile, render_gallery, select_gallery, write_report
+from .runtime import cpu_summary
 from .training import train
 
 SYNTH_CREDIT = "Images are synthetic chest phantoms drawn by pneumoscope; no patient data."
@@ -64,6 +67,25 @@ class DemoResult:
     localisation: dict[str, Any] | None
     seconds: float
     shortcut: Any = None  # a pneumoscope.shortcut.ShortcutCheck when the check ran
+    timings: dict[str, dict[str, float]] | None = None  # step -> {"wall": s, "cpu": s}, as in demo.json
+
+
+class _StepClock:
+    """Wall and CPU seconds of each demo step.
+
+    CPU time counts every thread of this process, so on a shared machine it still says what
+    a step costs when the wall clock is stretched by other work.
+    """
+
+    def __init__(self) -> None:
+        self.steps: dict[str, dict[str, float]] = {}
+        self._wall, self._cpu = time.perf_counter(), time.process_time()
+
+    def lap(self, name: str) -> None:
+        """Close the step ``name``: the time since the previous lap (or the start)."""
+        wall, cpu = time.perf_counter(), time.process_time()
+        self.steps[name] = {"wall": round(wall - self._wall, 2), "cpu": round(cpu - self._cpu, 2)}
+        self._wall, self._cpu = wall, cpu
 
 
 def _mask_path(data_root: Path, img: Path) -> Path | None:
@@ -106,7 +128,7 @@ def run_demo(
     data: str | Path | None = None,
     *,
     n: int = 800,
-    size: int = 128,
+    size: int | None = None,
     difficulty: float = 0.25,
     seed: int = 0,
     config: str | Path = "demo",
@@ -122,6 +144,8 @@ def run_demo(
     ``replace`` deletes ``out`` first, but only if an earlier demo wrote it (marker file).
     ``method`` is the explanation method of the gallery and the localisation scores;
     ``shortcut`` adds the shortcut check (synthetic data only; a second small model).
+    ``size`` is the phantoms' size in pixels; by default the configuration's image size, so
+    nothing is drawn at a resolution the model never sees.
     """
     from .explanation.cam import canonical_method
 
@@ -148,7 +172,7 @@ def _run(
     out: Path,
     data: str | Path | None,
     n: int,
-    size: int,
+    size: int | None,
     difficulty: float,
     seed: int,
     config: str | Path,
@@ -161,27 +185,32 @@ def _run(
 ) -> DemoResult:
     from .data.synth import synth_dataset
 
+    clock = _StepClock()
     synthetic = data is None
+    # Real data rarely has a usable val/ (Kaggle's holds 16 images, chest_xray_224 none), so
+    # a real-data demo validates on a patient-level split of train unless told otherwise.
+    defaults = {} if synthetic else {"data.val_source": "split"}
+    cfg = load_config(config, {**defaults, **(overrides or {})})
     if synthetic:
+        size = size or cfg.data.image_size
         log(f"[1/5] drawing {n} synthetic chest phantoms ({size} px)")
         data_root = out / "data"
         synth_dataset(data_root, n=n, size=size, seed=seed, difficulty=difficulty, progress=progress)
     else:
         data_root = Path(data)
         log(f"[1/5] using data from {data_root}")
-    # Real data rarely has a usable val/ (Kaggle's holds 16 images, chest_xray_224 none), so
-    # a real-data demo validates on a patient-level split of train unless told otherwise.
-    defaults = {} if synthetic else {"data.val_source": "split"}
-    cfg = load_config(config, {**defaults, **(overrides or {})})
+    clock.lap("synth")
     log(f"[2/5] training {cfg.model.backbone} at {cfg.data.image_size} px")
     result = train(cfg, data_root, out / "run", progress=progress)
     log(f"      best val_loss {result.best_val_loss:.4f} at epoch {result.best_epoch} ({result.seconds:.0f} s)")
     if result.summary.get("calibration_summary"):
         log(f"      {result.summary['calibration_summary']}")
+    clock.lap("train")
     log("[3/5] evaluating on the test split")
     ev = evaluate(result.checkpoint, data_root, out / "eval", progress=progress, precision=cfg.train.precision)
     log(f"      accuracy {ev.metrics['accuracy']:.3f}, ROC AUC {ev.metrics['roc_auc']:.3f}")
 
+    clock.lap("evaluate")
     log(f"[4/5] explaining the test images ({METHOD_TITLES[method]})")
     predictor = Predictor(result.checkpoint, precision=cfg.train.precision)
     prep = predictor.ckpt.preprocessing
@@ -217,6 +246,7 @@ def _run(
         loc = localisation_scores(list(lesion.raw.cpu().numpy()), [masks[i] for i in with_mask])  # type: ignore[misc]
         loc["outside_lungs"] = _outside_lungs(data_root, [ev.samples[i].path for i in with_mask], lesion.maps, prep.image_size)
 
+    clock.lap("explain")
     check = None
     if synthetic and shortcut:
         from .shortcut import run_shortcut_check
@@ -224,6 +254,7 @@ def _run(
         log("      shortcut check: training a small model on phantoms with a PNEUMONIA corner marker")
         check = run_shortcut_check(out / "shortcut", seed=seed, method=method, precision=cfg.train.precision,
                                    progress=progress, log=log)
+        clock.lap("shortcut")
 
     log("[5/5] writing the report")
     picks = select_gallery(ev.labels, ev.probs, predictor.threshold)
@@ -267,6 +298,7 @@ def _run(
             + figure_html(check.figure, "The shortcut model's PNEUMONIA evidence, drawn as the seed's red hotspot"),
         ))
     seconds = time.perf_counter() - t0
+    steps = ", ".join(f"{k} {v['wall']:.0f}" for k, v in clock.steps.items())
     run_info = {
         "data": str(data_root),
         "model": f"{cfg.model.backbone} (weights: {cfg.model.weights})",
@@ -275,13 +307,45 @@ def _run(
                     f"{result.summary['epochs_run']} epochs, best epoch {result.best_epoch}",
         "explanation": f"{METHOD_TITLES[method]} at {predictor.ckpt.target_layer}, red top-5% hotspot (the seed's style)",
         "device / precision": f"{predictor.device} / {predictor.precision}",
+        "CPU": cpu_summary(),
         "checkpoint": str(result.checkpoint),
-        "total time": f"{seconds:.0f} s",
+        "total time": f"{seconds:.0f} s ({steps} s)",
     }
+    curves = result.run_dir / "curves.png"
     report = write_report(
         out, title="pneumoscope demo report", metrics=ev.metrics,
         plots={k: ev.out_dir / f"{k}.png" for k in ("confusion_matrix", "roc", "pr", "reliability")},
         gallery=gallery, sections=sections, run_info=run_info,
         credit=SYNTH_CREDIT if synthetic else KAGGLE_CREDIT,
+        training_curves=curves if curves.is_file() else None,
     )
-    return DemoResult(report, ev.metrics, loc, time.perf_counter() - t0, check)
+    clock.lap("report")
+    total = time.perf_counter() - t0
+    _write_summary(out / "demo.json", ev.metrics, loc, check, clock.steps, total, predictor.precision,
+                   cfg.data.image_size, int(result.summary["epochs_run"]))
+    return DemoResult(report, ev.metrics, loc, total, check, clock.steps)
+
+
+def _write_summary(
+    path: Path, metrics: dict[str, Any], loc: dict[str, Any] | None, check: Any, steps: dict[str, dict[str, float]],
+    seconds: float, precision: str, image_size: int, epochs: int,
+) -> None:
+    """``demo.json``: the headline figures and the time of each step, for benchmarks and CI."""
+    doc = {
+        "seconds": round(seconds, 2),
+        "steps": steps,
+        "machine": cpu_summary(),
+        "precision": precision,
+        "image_size": image_size,
+        "epochs": epochs,
+        "accuracy": metrics.get("accuracy"),
+        "roc_auc": metrics.get("roc_auc"),
+        "pointing": None if loc is None else loc.get("pointing"),
+        "hotspot_in_lesion": None if loc is None else loc.get("hotspot_in_lesion"),
+        "shortcut": None if check is None else {
+            "accuracy_marked": check.accuracy_marked, "accuracy_clean": check.accuracy_clean,
+            "marker_mass": check.marker_mass, "marker_area": check.marker_area, "on_marker": check.on_marker,
+            "lesion_pointing": check.lesion_pointing, "seconds": round(check.seconds, 2),
+        },
+    }
+    atomic_write_text(path, json.dumps(doc, indent=2) + "\n")

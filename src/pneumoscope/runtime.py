@@ -31,6 +31,50 @@ def _cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
+@lru_cache(maxsize=1)
+def cpu_model() -> str:
+    """The CPU's model name from ``/proc/cpuinfo`` (or the platform's processor string)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or "unknown CPU"
+
+
+def cpu_isa() -> dict[str, bool]:
+    """Which vector and matrix extensions the CPU has: avx2, avx512 (F), avx512_bf16, amx (AMX-BF16)."""
+    flags = _cpu_flags()
+    return {"avx2": "avx2" in flags, "avx512": "avx512f" in flags, "avx512_bf16": "avx512_bf16" in flags,
+            "amx": "amx_bf16" in flags}
+
+
+def cpu_summary() -> str:
+    """One line naming the CPU, its cores and extensions, and any oneDNN ISA cap in force.
+
+    ``ONEDNN_MAX_CPU_ISA`` (e.g. ``AVX2``) makes oneDNN use only the kernels of an older CPU,
+    which is how an AVX2-only machine is emulated on a newer one; a figure measured that way
+    says so.
+    """
+    import os
+
+    isa = cpu_isa()
+    have = [k for k, v in isa.items() if v]
+    missing = [k for k, v in isa.items() if not v]
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    line = f"{cpu_model()}, {n} cores, {' '.join(have) or 'no avx2'}"
+    if missing:
+        line += f" (no {', '.join(missing)})"
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA")
+    if cap:
+        line += f"; oneDNN capped at {cap}"
+    return line
+
+
 def cpu_has_fast_bf16() -> bool:
     """Whether this CPU has native bf16 matrix instructions (AMX or AVX512-BF16)."""
     flags = _cpu_flags()

@@ -235,13 +235,14 @@ def write_report(
     sections: list[tuple[str, str]] | None = None,
     run_info: dict[str, Any] | None = None,
     credit: str | None = None,
+    training_curves: Path | None = None,
 ) -> Path:
     """Write ``out_dir/report.html``: one self-contained file with all images embedded.
 
     Layout: title, disclaimer (:data:`DISCLAIMER`), headline metrics, any metric
     warnings, per-class table, confusion matrix (table and image), ROC and PR curves
-    (then any other entries of ``plots``), the gallery, the extra ``sections`` in order,
-    a run-information table and the credit line. Every string that comes from the
+    (then any other entries of ``plots``), the training curves, the gallery, the extra
+    ``sections`` in order, a run-information table and the credit line. Every string that comes from the
     caller or the data (title, names, keys, values, file names, credit) is
     HTML-escaped; only the bodies of ``sections`` are inserted as-is.
 
@@ -257,6 +258,8 @@ def write_report(
             the fragment is trusted HTML and must come from code, not from data.
         run_info: Key/value pairs (checkpoint, data folder, seed, versions, ...).
         credit: Optional credit/attribution line.
+        training_curves: Optional ``curves.png`` of the run (loss, AUC and learning rate
+            per epoch, from :func:`pneumoscope.training.curves.plot_training_curves`).
 
     Returns:
         Path of the written ``report.html``.
@@ -288,6 +291,10 @@ def write_report(
         body.append("<h2>Curves</h2>")
         figs = "".join(_figure(plots[k], _PLOT_TITLES.get(k, k)) for k in curves)
         body.append(f'<div class="plots">{figs}</div>')
+
+    if training_curves is not None:
+        body.append("<h2>Training</h2>")
+        body.append(_figure(training_curves, "Loss, validation ROC AUC and learning rate per epoch (stages shaded)"))
 
     if gallery is not None:
         names = ", ".join(group_display_names(class_names).values())

@@ -36,6 +36,7 @@ from ..fileio import atomic_path, atomic_write_text
 from ..models import create_model, get_model_info
 from ..runtime import channels_last_preferred, lightning_precision, resolve_device, resolve_precision
 from .callbacks import ExportBest, MetricsCSV, RestoreBestWeights, SamplesSeen
+from .curves import plot_training_curves
 from .module import ClassifierModule
 
 log = logging.getLogger(__name__)
@@ -225,8 +226,9 @@ def train(
     launched by Lightning itself, by ``torchrun`` or by SLURM ``srun``, every process runs this
     function; rank 0 alone writes the run folder.
 
-    Writes ``best.ckpt``, ``config.yaml``, ``metrics.csv``, ``splits.csv`` and ``summary.json``;
-    resumable state lives in ``out/state/``. ``callbacks`` are added to every stage's Trainer.
+    Writes ``best.ckpt``, ``config.yaml``, ``metrics.csv``, ``curves.png``, ``splits.csv`` and
+    ``summary.json``; resumable state lives in ``out/state/``. ``callbacks`` are added to every
+    stage's Trainer.
     """
     t0 = time.perf_counter()
     cfg.validate()
@@ -402,6 +404,8 @@ def train(
         "seconds": round(seconds, 1),
     }
     if rank0:
+        if (out / "metrics.csv").is_file():
+            plot_training_curves(out / "metrics.csv", out / "curves.png")
         atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
     return TrainResult(out, ckpt, run_state["best_val_loss"], run_state["best_epoch"], seconds, summary, rank0)
 
