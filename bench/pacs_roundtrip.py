@@ -17,7 +17,6 @@ folder: scoring costs the same whatever the weights. Needs orthanc, orthanc-dico
 from __future__ import annotations
 
 import argparse
-import platform
 import subprocess
 import sys
 import tempfile
@@ -37,19 +36,9 @@ SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"
 
 
 def cpu_description() -> str:
-    model, flags = platform.processor() or "?", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    import os
+    from pneumoscope.runtime import cpu_summary
 
-    shown = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f in flags]
-    return f"{model}; {os.cpu_count()} logical CPUs; flags: {' '.join(shown) or 'none of avx2/avx512/amx'}"
+    return cpu_summary()
 
 
 def free_port() -> int:

@@ -38,18 +38,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def cpu_line() -> str:
     """CPU model, cores and the SIMD flags that decide bf16/fp32 speed."""
-    model, flags = platform.processor() or "unknown CPU", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and model in ("", "unknown CPU", platform.processor()):
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    shown = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16") if f in flags]
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{model}, {cores} cores, flags: {' '.join(shown) or 'none of avx2/avx512/amx'}"
+    from pneumoscope.runtime import cpu_summary
+
+    return cpu_summary()
 
 
 # ----------------------------------------------------------------------------- archives

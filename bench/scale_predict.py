@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import shutil
 import subprocess
@@ -41,13 +40,9 @@ sys.path.insert(0, str(SRC))
 
 
 def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    from pneumoscope.runtime import cpu_summary
+
+    return cpu_summary()
 
 
 def hardware(accelerator: str) -> str:
@@ -55,7 +50,7 @@ def hardware(accelerator: str) -> str:
 
     from pneumoscope.runtime import cpu_has_fast_bf16
 
-    cpu = f"{cpu_name()}, {os.cpu_count()} cores, bf16 {'native' if cpu_has_fast_bf16() else 'emulated'}"
+    cpu = f"{cpu_name()}; bf16 {'native' if cpu_has_fast_bf16() else 'emulated'}"
     if accelerator != "cpu" and torch.cuda.is_available():
         return f"{torch.cuda.get_device_name(0)} x{torch.cuda.device_count()}; host {cpu}"
     return cpu
