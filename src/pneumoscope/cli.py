@@ -155,7 +155,7 @@ def _set_epochs(cfg: Any, spec: str) -> Any:
 @user_errors
 def evaluate(
     checkpoint: Path = typer.Option(..., "--checkpoint", help="A best.ckpt from `pneumoscope train`."),
-    data: Path = typer.Option(..., "--data", help="A split folder (…/test), a dataset root (its test/), or a CSV."),
+    data: Path = typer.Option(..., "--data", help="A split folder (…/test), a dataset root (its test/), a CSV, or a store (its test images)."),
     out: Path = typer.Option(Path("eval"), "--out", help="Folder for metrics.json, plots, predictions.csv."),
     threshold: Optional[str] = typer.Option(None, "--threshold", help="Override the checkpoint's threshold with a number in (0, 1)."),
     bootstrap: int = typer.Option(2000, "--bootstrap", help="Bootstrap resamples for the 95% intervals; 0: none."),
@@ -205,7 +205,7 @@ class OpMethod(str, Enum):
 @user_errors
 def calibrate(
     checkpoint: Path = typer.Option(..., "--checkpoint", help="A best.ckpt from `pneumoscope train`."),
-    data: Path = typer.Option(..., "--data", help="The dataset the checkpoint was trained on (root or CSV)."),
+    data: Path = typer.Option(..., "--data", help="The dataset the checkpoint was trained on (root or CSV), or its store (its val images)."),
     val_source: Optional[CalibValSource] = typer.Option(None, "--val-source", help="split (the patient-level split it trained with) | val; default: as trained."),
     method: Optional[OpMethod] = typer.Option(None, "--method", help="youden | sensitivity | fixed; default: the stored config's."),
     target_sensitivity: Optional[float] = typer.Option(None, "--target-sensitivity", help="For --method sensitivity, e.g. 0.95."),
@@ -249,14 +249,26 @@ def _report_failures(failures: list[tuple[str, str]]) -> int:
 
 def _score(inputs: list[Path], checkpoint: Path, out: Optional[Path], explain: Any, *, devices: int, num_nodes: int,
            accelerator: str, strategy: str, device: str, precision: Precision, batch_size: int, workers: int,
-           part_rows: int, resume: bool, no_progress: bool) -> Any:
-    """Expand the inputs (a typo fails fast) and run the scoring engine, on one process or many."""
-    from .data.io import list_images
-    from .distributed import DistributedConfig
-    from .scoring import ScoringJob, score
+           part_rows: int, resume: bool, no_progress: bool, subset: Optional[str] = None) -> Any:
+    """Expand the inputs (a typo fails fast) and run the scoring engine, on one process or many.
 
+    One input that is a store from ``prepare`` is scored as that store's images (``subset``: one of its
+    subsets, default all); stores and files are not mixed.
+    """
+    from .data.io import list_images
+    from .data.store import is_store
+    from .distributed import DistributedConfig
+    from .errors import ConfigError
+    from .scoring import ScoringJob, StoreInputs, score
+
+    stores = [p for p in inputs if is_store(p)]
+    if stores and len(inputs) > 1:
+        raise ConfigError(f"{stores[0]}: a store is scored on its own; give it as the only input")
+    if subset is not None and not stores:
+        raise ConfigError("--subset chooses images of a store from `pneumoscope prepare`; the inputs are not one")
+    store = StoreInputs.open(stores[0], subset) if stores else None
     job = ScoringJob(
-        inputs=list_images(inputs), checkpoint=checkpoint, out=out, explain=explain,
+        inputs=[] if store is not None else list_images(inputs), store=store, checkpoint=checkpoint, out=out, explain=explain,
         distributed=DistributedConfig(accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=strategy),
         device=device, precision=precision.value, batch_size=batch_size, workers=workers, part_rows=part_rows,
         resume=resume, progress=_progress(no_progress),
@@ -277,12 +289,19 @@ def _scored_line(result: Any) -> str:
 _DEVICES_HELP = "Processes per node (GPUs, or CPU processes with --accelerator cpu)."
 _RESUME_HELP = "Continue an interrupted run: skip the inputs already in its part files or in --out."
 _PART_ROWS_HELP = "Rows each process collects before writing a part file (what a kill can cost)."
+_SUBSET_HELP = "With a store as input: score only its train, val or test images (default: all)."
+
+
+class StoreSubset(str, Enum):
+    train = "train"
+    val = "val"
+    test = "test"
 
 
 @app.command()
 @user_errors
 def predict(
-    inputs: list[Path] = typer.Argument(..., help="Image files or folders (recursed)."),
+    inputs: list[Path] = typer.Argument(..., help="Image files or folders (recursed), or one store from `pneumoscope prepare`."),
     checkpoint: Path = typer.Option(..., "--checkpoint"),
     out: Optional[Path] = typer.Option(None, "--out", help="preds.csv, preds.json or preds.parquet; default: CSV on stdout."),
     explain_dir: Optional[Path] = typer.Option(None, "--explain", help="Also write explanation overlays here."),
@@ -297,6 +316,7 @@ def predict(
     workers: int = typer.Option(0, "--workers", help="DataLoader processes decoding images, per process (0: in the loop)."),
     part_rows: int = typer.Option(1000, "--part-rows", help=_PART_ROWS_HELP),
     resume: bool = typer.Option(False, "--resume", help=_RESUME_HELP),
+    subset: Optional[StoreSubset] = typer.Option(None, "--subset", help=_SUBSET_HELP),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bars (logs, CI)."),
 ) -> None:
     """Predict NORMAL/PNEUMONIA per image; exit 0 only when every input succeeded."""
@@ -318,7 +338,7 @@ def predict(
         result = _score(inputs, checkpoint, out or tmp / "preds.csv", explain, devices=devices,  # type: ignore[operator]
                         num_nodes=num_nodes, accelerator=accelerator, strategy=strategy, device=device,
                         precision=precision, batch_size=batch_size, workers=workers, part_rows=part_rows,
-                        resume=resume, no_progress=no_progress)
+                        resume=resume, no_progress=no_progress, subset=subset.value if subset else None)
         if not result.is_global_zero:
             return  # rank 0 reports for the job
         if tmp is not None:
@@ -336,7 +356,7 @@ def predict(
 @app.command()
 @user_errors
 def explain(
-    inputs: list[Path] = typer.Argument(..., help="Image files or folders (recursed)."),
+    inputs: list[Path] = typer.Argument(..., help="Image files or folders (recursed), or one store from `pneumoscope prepare`."),
     checkpoint: Path = typer.Option(..., "--checkpoint"),
     out: Path = typer.Option(..., "--out", help="Folder for overlays, raw maps and manifest.json."),
     layer: Optional[str] = typer.Option(None, "--layer", help="Layer name, e.g. block5_conv3 (default: the checkpoint's)."),
@@ -355,6 +375,7 @@ def explain(
     workers: int = typer.Option(0, "--workers", help="DataLoader processes decoding images, per process (0: in the loop)."),
     part_rows: int = typer.Option(1000, "--part-rows", help=_PART_ROWS_HELP),
     resume: bool = typer.Option(False, "--resume", help=_RESUME_HELP),
+    subset: Optional[StoreSubset] = typer.Option(None, "--subset", help=_SUBSET_HELP),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bars (logs, CI)."),
 ) -> None:
     """Explain each image (any method): overlay PNG, raw map (.npy) and a manifest.json for the run."""
@@ -365,7 +386,8 @@ def explain(
                                score=score.value, tta=tta)
     result = _score(inputs, checkpoint, None, settings, devices=devices, num_nodes=num_nodes, accelerator=accelerator,
                     strategy=strategy, device=device, precision=precision, batch_size=batch_size, workers=workers,
-                    part_rows=part_rows, resume=resume, no_progress=no_progress)
+                    part_rows=part_rows, resume=resume, no_progress=no_progress,
+                    subset=subset.value if subset else None)
     if not result.is_global_zero:
         return
     failed = _report_failures(result.failures)

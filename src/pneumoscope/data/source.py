@@ -1,6 +1,6 @@
 """The one seam between data and training: a source of decoded images.
 
-Training, validation and calibration see an :class:`ImageSource`: something that yields
+Training, validation, calibration and evaluation see an :class:`ImageSource`: something that yields
 ``(uint8 image (1, S, S), label, id)`` in batches, knows its size and class counts, and makes
 its own loader. Two kinds exist and nothing above this module asks which one it has:
 
@@ -24,8 +24,8 @@ from typing import Any, Callable, Iterator, Protocol
 import lightning as L
 import torch
 
-from ..errors import ConfigError
-from .dataset import CLASS_NAMES, CachedDataset, Sample, load_splits
+from ..errors import ConfigError, DataError
+from .dataset import CLASS_NAMES, CachedDataset, Sample, load_splits, resolve_eval_samples
 from .store import Store, is_store
 from .transforms import Preprocessing
 
@@ -45,6 +45,14 @@ class ImageSource(Protocol):
 
     def rows(self) -> Iterator[tuple[str, str, str]]:
         """(path, class name, patient id) of every image, for ``splits.csv``."""
+        ...
+
+    def samples(self) -> list[Sample]:
+        """Every image as a labelled sample (path, label, patient), in the order of :meth:`decoded`."""
+        ...
+
+    def decoded(self, progress: bool = True) -> torch.Tensor:
+        """Every image at once, (N, S, S) uint8, for evaluation and calibration (one process)."""
         ...
 
 
@@ -76,6 +84,12 @@ class MemorySource:
     def rows(self) -> Iterator[tuple[str, str, str]]:
         for s in self.dataset.samples:
             yield str(s.path), CLASS_NAMES[s.label], s.patient_id
+
+    def samples(self) -> list[Sample]:
+        return self.dataset.samples
+
+    def decoded(self, progress: bool = True) -> torch.Tensor:
+        return self.dataset.images
 
 
 class StoreSource:
@@ -110,6 +124,12 @@ class StoreSource:
     def rows(self) -> Iterator[tuple[str, str, str]]:
         for r in self.store.rows((self.subset,)):
             yield r["path"], r["label"], r["patient_id"]
+
+    def samples(self) -> list[Sample]:
+        return self.store.samples(self.subset)
+
+    def decoded(self, progress: bool = True) -> torch.Tensor:
+        return self.store.decoded(self.subset, progress)
 
 
 class SourceDataModule(L.LightningDataModule):
@@ -193,3 +213,47 @@ def open_training_data(data: str | Path, cfg: Any, prep: Preprocessing, progress
     train = MemorySource(splits.train, prep, progress, desc="decoding train")
     val = MemorySource(splits.val, prep, progress, desc="decoding val")
     return TrainingData(train, val, splits.val_source, "memory")
+
+
+def open_eval_data(data: str | Path, prep: Preprocessing, progress: bool = True) -> tuple[ImageSource, Path]:
+    """The labelled test images of ``data`` for ``evaluate``, and where they came from.
+
+    ``data`` is a store (its ``test`` subset, read as stored), a split folder, a dataset root
+    (its ``test/``) or a CSV manifest (decoded with ``prep``).
+
+    Raises:
+        ConfigError: A store prepared at another image size or intensity than ``prep``.
+        DataError: A store without test images, or no images.
+    """
+    if is_store(data):
+        store = Store(data)
+        store.check_preprocessing(prep, "the checkpoint")
+        if "test" not in store.subsets():
+            raise DataError(
+                f"{data}: the store has no test images (it has {', '.join(store.subsets())}); evaluate the "
+                "dataset it was prepared from, or prepare a store from data with a test split"
+            )
+        return StoreSource(store, "test"), Path(data)
+    samples, source = resolve_eval_samples(data)
+    return MemorySource(samples, prep, progress, desc="decoding"), source
+
+
+def open_validation_data(data: str | Path, val_source: str, val_fraction: float, seed: int, prep: Preprocessing,
+                         progress: bool = True) -> ImageSource:
+    """The validation images ``calibrate`` refits on: a store's ``val`` subset, or ``data``'s re-derived split.
+
+    Raises:
+        ConfigError: A store prepared at another image size or intensity than ``prep``, or whose
+            validation images were chosen otherwise than ``val_source``.
+    """
+    if is_store(data):
+        store = Store(data)
+        store.check_preprocessing(prep, "the checkpoint")
+        if store.val_source != val_source:
+            raise ConfigError(
+                f"{data}: the store's validation images are its {store.val_source!r} ones (chosen by prepare), "
+                f"not {val_source!r}; pass --val-source {store.val_source} if the checkpoint was trained on them"
+            )
+        return StoreSource(store, "val")
+    splits = load_splits(data, val_source, val_fraction, seed)
+    return MemorySource(splits.val, prep, progress, desc="decoding val")

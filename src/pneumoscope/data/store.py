@@ -36,7 +36,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from ..errors import DataError, PneumoscopeError
+from ..errors import ConfigError, DataError, PneumoscopeError
 from ..fileio import atomic_write_text
 from .dataset import CLASS_NAMES, Sample, load_splits
 from .io import DEFAULT_MAX_PIXELS, read_image
@@ -406,6 +406,49 @@ class Store:
 
     def subsets(self) -> list[str]:
         return list(self.index["subsets"])
+
+    def check_preprocessing(self, prep: Preprocessing, owner: str) -> None:
+        """Refuse a store whose images are not what ``prep`` (``owner``'s, e.g. a checkpoint) feeds the model.
+
+        The stored images are already resized and quantised (and equalised), so the image size
+        and the intensity mode must agree; mean and std are applied after reading, as always.
+
+        Raises:
+            ConfigError: One line naming the store, the mismatch and the way out.
+        """
+        pre = self.index["preprocessing"]
+        if self.image_size != prep.image_size:
+            raise ConfigError(
+                f"{self.path}: the store holds {self.image_size} px images but {owner} expects {prep.image_size} px; "
+                f"prepare a store with --image-size {prep.image_size}"
+            )
+        if pre.get("intensity", "none") != prep.intensity:
+            raise ConfigError(
+                f"{self.path}: the store was prepared with intensity {pre.get('intensity', 'none')!r} but {owner} "
+                f"expects {prep.intensity!r}; prepare a store with --intensity {prep.intensity}"
+            )
+
+    def samples(self, subset: str) -> list[Sample]:
+        """The images of ``subset`` that made it into the store, in id order, as labelled samples."""
+        self._subset(subset)  # an unknown subset fails with the store's own message
+        return [Sample(Path(r["path"]), CLASS_NAMES.index(r["label"]), r["patient_id"]) for r in self.rows((subset,))]
+
+    def decoded(self, subset: str, progress: bool = True) -> torch.Tensor:
+        """Every image of ``subset`` as (N, S, S) uint8, in id order (the order of :meth:`samples`)."""
+        from tqdm.auto import tqdm
+
+        position = {int(r["id"]): k for k, r in enumerate(self.rows((subset,)))}
+        s = self.image_size
+        out = torch.empty((len(position), s, s), dtype=torch.uint8)
+        seen = 0
+        for image, _, i in tqdm(self.dataset(subset, drop_last=False), total=len(position), desc=f"reading {subset}",
+                                unit="img", disable=not progress, leave=False):
+            out[position[i]] = image[0]
+            seen += 1
+        if seen != len(position):
+            raise DataError(f"{self.path}: {subset} holds {seen} images, samples.csv lists {len(position)}; "
+                            "the store is damaged, prepare it again")
+        return out
 
     def count(self, subset: str) -> int:
         return int(self._subset(subset)["n"])

@@ -13,7 +13,8 @@ import numpy as np
 import torch
 
 from ..checkpoint import load_checkpoint
-from ..data.dataset import CLASS_NAMES, Sample, decode_images, resolve_eval_samples
+from ..data.dataset import CLASS_NAMES, Sample, decode_images
+from ..data.source import open_eval_data
 from ..errors import ConfigError
 from ..fileio import atomic_path
 from ..inference import Predictor
@@ -109,7 +110,8 @@ def evaluate(
 
     Args:
         checkpoint: A checkpoint from ``pneumoscope train``.
-        data: Split folder, dataset root (its ``test/``) or CSV manifest.
+        data: Split folder, dataset root (its ``test/``), CSV manifest, or a store from
+            ``pneumoscope prepare`` (its ``test`` subset, read as stored).
         out: Output folder.
         threshold: Override the stored threshold (recorded as ``threshold_source: flag``).
         bootstrap: Resamples for the 95% intervals in ``ci95``; 0 skips them.
@@ -122,8 +124,9 @@ def evaluate(
     if n_bins < 1:
         raise ConfigError(f"--bins {n_bins}: must be positive")
     predictor = Predictor(load_checkpoint(checkpoint), device=device, precision=precision, batch_size=batch_size)
-    samples, source = resolve_eval_samples(data)
-    probs, images = predict_samples(predictor, samples, progress)
+    test, source = open_eval_data(data, predictor.ckpt.preprocessing, progress)
+    samples, images = test.samples(), test.decoded(progress)
+    probs = predictor.calibrated(image_logits(predictor, images, progress)).numpy().astype(np.float64)
     labels = np.array([s.label for s in samples])
     t = predictor.threshold if threshold is None else float(threshold)
     metrics = compute_metrics(labels, probs, threshold=t, class_names=CLASS_NAMES)

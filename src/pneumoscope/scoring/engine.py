@@ -37,7 +37,7 @@ from ..errors import ConfigError
 from ..fileio import atomic_write_text
 from ..inference import Predictor, unique_stem, write_explanation
 from ..runtime import resolve_device
-from .dataset import ImageFiles, collate
+from .dataset import StoreInputs, collate, scoring_dataset
 from .parts import PartStore, merge, parts_folder, previous_rows, written_paths
 from .tables import write_table
 
@@ -60,7 +60,8 @@ class ScoringJob:
     """One scoring run.
 
     ``out`` is the prediction table (``.csv``, ``.json`` or ``.parquet``); it may be ``None``
-    when ``explain`` is set (the manifest is then the output). ``parts`` defaults to
+    when ``explain`` is set (the manifest is then the output). With ``store`` set, the inputs
+    are that store's images and ``inputs`` is ignored (the store's source paths are used). ``parts`` defaults to
     ``<out>.parts`` (or ``<explain.out>.parts``). ``part_rows`` is how many rows a rank
     collects before it writes a part file: what a kill can cost, per rank.
     """
@@ -78,6 +79,7 @@ class ScoringJob:
     resume: bool = False
     parts: Path | None = None
     progress: bool = False
+    store: StoreInputs | None = None
 
 
 @dataclass
@@ -274,7 +276,10 @@ def score(job: ScoringJob) -> ScoringResult:
         method, layer = base.check_explain_args(ex.method, ex.layer, ex.target, ex.score)  # fail before writing
         ex = dataclasses.replace(ex, method=method, layer=layer)
         explain_args = {"method": method, "layer": layer, "target": ex.target, "score": ex.score, "tta": ex.tta}
-    job = dataclasses.replace(job, explain=ex, inputs=[Path(p) for p in job.inputs])
+    if job.store is not None:
+        job.store.check(ckpt.preprocessing)  # fail before writing
+    inputs = job.store.paths() if job.store is not None else [Path(p) for p in job.inputs]
+    job = dataclasses.replace(job, explain=ex, inputs=inputs)
     store = PartStore(job.parts or parts_folder(job.out if job.out is not None else ex.out),  # type: ignore[union-attr]
                       with_entry=ex is not None)
     settings = _settings(job, ckpt)
@@ -322,10 +327,10 @@ def _run(job: ScoringJob, dist: DistributedConfig, device: torch.device | None, 
     module = ScoringModule(ckpt, job.precision, job.batch_size, explain_args)
     # Overlay rendering and PNG encoding release the GIL: a few threads per process keep up with a GPU.
     writer = PartWriter(job, store, stems, settings, render_threads=max(2, min(8, (os.cpu_count() or 2) // dist.devices)))
-    if 0 < len(todo) < dist.world_size:
+    if 0 < len(todo) < dist.world_size and job.store is None:
         # Lightning's prediction sampler needs an input for every rank; the merge keeps one row per input.
         todo = [todo[i % len(todo)] for i in range(dist.world_size)]
-    dataset = ImageFiles(job.inputs, todo, ckpt.preprocessing, display=job.explain is not None)
+    dataset = scoring_dataset(job.inputs, job.store, todo, ckpt.preprocessing, display=job.explain is not None)
     kw = trainer_kwargs(dist, device)
     loader = DataLoader(dataset, batch_size=job.batch_size, shuffle=False, num_workers=job.workers, collate_fn=collate,
                         persistent_workers=False, pin_memory=kw["accelerator"] == "gpu")
@@ -367,6 +372,7 @@ def _settings(job: ScoringJob, ckpt: Checkpoint) -> dict[str, Any]:
         "threshold": ckpt.threshold,
         "temperature": ckpt.temperature,
         "precision": job.precision,
+        "store": None if job.store is None else {"path": os.path.abspath(job.store.path), "subsets": list(job.store.subsets)},
         "explain": None if ex is None else {
             "out": str(Path(os.path.abspath(ex.out))), "method": ex.method, "layer": ex.layer, "target": ex.target,
             "style": ex.style, "score": ex.score, "tta": ex.tta,

@@ -232,7 +232,8 @@ def recalibrate(
 
     Args:
         checkpoint: The checkpoint to recalibrate.
-        data: The dataset it was trained on (root or manifest).
+        data: The dataset it was trained on (root or manifest), or the store it was trained
+            from (its ``val`` subset, read as stored).
         out: New checkpoint path; default: replace ``checkpoint`` in place.
         val_source: ``split`` or ``val``; default: what training used.
         overrides: Dotted config keys over the stored config, e.g.
@@ -246,7 +247,8 @@ def recalibrate(
     """
     from ..checkpoint import read_metadata
     from ..config import config_with_overrides
-    from ..data.dataset import load_splits
+    from ..data.source import open_validation_data
+    from ..data.transforms import Preprocessing
     from ..errors import CheckpointError, ConfigError
 
     ckpt = Path(checkpoint)
@@ -262,13 +264,16 @@ def recalibrate(
         raise CheckpointError(f"{ckpt}: stores no training config to re-derive its validation split from; "
                               "pass --val-source val")
     cfg = config_with_overrides(stored, overrides)
-    splits = load_splits(data, source, cfg.data.val_fraction, cfg.train.seed)
+    val = open_validation_data(data, source, cfg.data.val_fraction, cfg.train.seed,
+                               Preprocessing.from_dict(meta["preprocessing"]), progress)
+    samples = val.samples()
     if source == "split":
-        _check_stored_split(ckpt.parent / "splits.csv", splits.val, data)
+        _check_stored_split(ckpt.parent / "splits.csv", samples, data)
     if out is not None and Path(out).resolve() == ckpt.resolve():
         out = None
     return calibrate_checkpoint(
-        ckpt, splits.val, cfg, precision, device, out=out, val_source=source, batch_size=batch_size, progress=progress
+        ckpt, samples, cfg, precision, device, out=out, images=val.decoded(progress), val_source=source,
+        batch_size=batch_size, progress=progress,
     )
 
 
