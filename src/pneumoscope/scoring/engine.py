@@ -222,10 +222,13 @@ class PartWriter(BasePredictionWriter):
 @contextlib.contextmanager
 def _quiet_lightning() -> Iterator[None]:
     """Silence Lightning's banners and advice that do not apply to scoring files."""
-    loggers = [logging.getLogger(n) for n in ("lightning.pytorch", "lightning.fabric", "lightning")]
+    # LitData warns that a store streamed under DDP keeps every image (drop_last off): scoring must.
+    quiet = {"lightning.pytorch": logging.WARNING, "lightning.fabric": logging.WARNING, "lightning": logging.WARNING,
+             "litdata": logging.ERROR}
+    loggers = [logging.getLogger(n) for n in quiet]
     levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.WARNING)
+    for lg, lvl in zip(loggers, quiet.values()):
+        lg.setLevel(lvl)
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*does not have many workers.*")
