@@ -165,3 +165,39 @@ def test_two_processes_score_a_store_as_one(run_cli, tiny_ckpt, store, tmp_path)
     assert [x["path"] for x in b] == [x["path"] for x in a] and len({x["path"] for x in b}) == len(a)
     for x, y in zip(a, b):
         assert float(x["prob_pneumonia"]) == pytest.approx(float(y["prob_pneumonia"]), abs=2e-6)
+
+
+def _rank_share(rank: int, store: str, port: int, out: str) -> None:
+    """One rank of a 2-process gloo group: the input indices its loader (2 workers) streams."""
+    import os
+
+    import torch.distributed as dist
+    from torch.utils.data import DataLoader
+
+    from pneumoscope.data.transforms import Preprocessing
+    from pneumoscope.scoring.dataset import StoreImages, StoreInputs
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        inputs = StoreInputs.open(Path(store), "test")
+        ds = StoreImages(inputs, range(len(inputs.paths())), Preprocessing(TINY_IMAGE_SIZE))
+        # fork: a spawned rank's workers would otherwise be spawned too (seconds of imports each).
+        loader = DataLoader(ds, batch_size=2, num_workers=2, collate_fn=list, multiprocessing_context="fork")
+        seen = [item["index"] for batch in loader for item in batch]
+        Path(out, f"rank{rank}.json").write_text(json.dumps(seen))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_each_rank_and_worker_streams_its_own_share_of_a_store(store, tmp_path, monkeypatch):
+    import torch.multiprocessing as mp
+
+    from test_scoring import _free_port
+
+    monkeypatch.setenv("GLOO_SOCKET_IFNAME", "lo")
+    mp.spawn(_rank_share, args=(str(store), _free_port(), str(tmp_path)), nprocs=2)
+    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    n = len(_store_paths(store, "test"))
+    assert r0 and r1 and not set(r0) & set(r1)  # no input scored twice: merge would hide it, the time would not
+    assert sorted(r0 + r1) == list(range(n))

@@ -100,18 +100,21 @@ class StoreImages(IterableDataset):
     """
 
     def __init__(self, inputs: StoreInputs, todo: Sequence[int], preprocessing: Preprocessing, display: bool = False) -> None:
+        from ..data.store import Store
+
         self.inputs = inputs
         self.index = {key: i for i, key in enumerate(inputs.keys())}
         self.todo = set(todo)
         self.preprocessing = preprocessing
         self.display = display
+        # Made here, in the process's main thread once it has joined its process group: a LitData
+        # stream reads the rank and world size when it is made, and loader workers inherit them.
+        store = Store(inputs.path)
+        self.streams = {sub: store.dataset(sub, drop_last=False) for sub in inputs.subsets}
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        from ..data.store import Store
-
-        store = Store(self.inputs.path)
-        for sub in self.inputs.subsets:
-            for image, _, i in store.dataset(sub, drop_last=False):
+        for sub, stream in self.streams.items():
+            for image, _, i in stream:
                 index = self.index[(sub, i)]
                 if index not in self.todo:
                     continue  # written by the run this one resumes

@@ -325,7 +325,6 @@ def _run(job: ScoringJob, dist: DistributedConfig, device: torch.device | None, 
          stems: list[str] | None, settings: dict[str, Any], todo: list[int],
          explain_args: dict[str, Any] | None) -> tuple[Any, bool, float]:
     """Lightning's predict loop over ``todo``; returns the module, whether this is rank 0, and the loop's seconds."""
-    from torch.utils.data import DataLoader
 
     module = ScoringModule(ckpt, job.precision, job.batch_size, explain_args)
     # Overlay rendering and PNG encoding release the GIL: a few threads per process keep up with a GPU.
@@ -333,10 +332,8 @@ def _run(job: ScoringJob, dist: DistributedConfig, device: torch.device | None, 
     if 0 < len(todo) < dist.world_size and job.store is None:
         # Lightning's prediction sampler needs an input for every rank; the merge keeps one row per input.
         todo = [todo[i % len(todo)] for i in range(dist.world_size)]
-    dataset = scoring_dataset(job.inputs, job.store, todo, ckpt.preprocessing, display=job.explain is not None)
     kw = trainer_kwargs(dist, device)
-    loader = DataLoader(dataset, batch_size=job.batch_size, shuffle=False, num_workers=job.workers, collate_fn=collate,
-                        persistent_workers=False, pin_memory=kw["accelerator"] == "gpu")
+    inputs = _Inputs(job, todo, ckpt.preprocessing, pin_memory=kw["accelerator"] == "gpu")
     try:
         with _quiet_lightning():
             trainer = L.Trainer(
@@ -347,7 +344,7 @@ def _run(job: ScoringJob, dist: DistributedConfig, device: torch.device | None, 
                 enable_progress_bar=job.progress, callbacks=[writer],
                 default_root_dir=str(store.folder),
             )
-            trainer.predict(module, dataloaders=loader, return_predictions=False)
+            trainer.predict(module, datamodule=inputs, return_predictions=False)
             writer.flush()
             trainer.strategy.barrier("pneumoscope-merge")  # every rank's part files are on disk
             seconds = time.perf_counter() - writer.started if writer.started else 0.0
@@ -358,6 +355,22 @@ def _run(job: ScoringJob, dist: DistributedConfig, device: torch.device | None, 
     finally:
         writer.close()
     return module, trainer.is_global_zero, seconds
+
+
+class _Inputs(L.LightningDataModule):
+    """The ``todo`` inputs' loader, made when Lightning asks: once this process has joined its process group."""
+
+    def __init__(self, job: ScoringJob, todo: list[int], preprocessing: Any, pin_memory: bool) -> None:
+        super().__init__()
+        self.job, self.todo, self.preprocessing, self.pin_memory = job, todo, preprocessing, pin_memory
+
+    def predict_dataloader(self) -> Any:
+        from torch.utils.data import DataLoader
+
+        job = self.job
+        dataset = scoring_dataset(job.inputs, job.store, self.todo, self.preprocessing, display=job.explain is not None)
+        return DataLoader(dataset, batch_size=job.batch_size, shuffle=False, num_workers=job.workers,
+                          collate_fn=collate, persistent_workers=False, pin_memory=self.pin_memory)
 
 
 def _stems(inputs: Sequence[Path]) -> list[str]:
