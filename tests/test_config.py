@@ -54,7 +54,7 @@ def test_bundled_name_wins_over_a_folder_of_that_name(tmp_path, monkeypatch):
 
     (tmp_path / "demo").mkdir()
     monkeypatch.chdir(tmp_path)
-    assert load_config("demo").model.backbone == "vgg_small"
+    assert load_config("demo").model.backbone == "vgg_mini"
 
 
 def test_overrides_index_into_the_list_of_stages():

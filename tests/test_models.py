@@ -14,7 +14,7 @@ from pneumoscope.models import get_model_info
 
 def test_registry_lists_seed_and_test_models():
     names = pneumoscope.list_models()
-    assert {"vgg19", "vgg_tiny", "vgg_small", "resnet18"} <= set(names)
+    assert {"vgg19", "vgg_tiny", "vgg_small", "vgg_mini", "resnet18"} <= set(names)
     with pytest.raises(ConfigError, match="available: .*vgg19"):
         pneumoscope.create_model("vgg99")
 
@@ -104,6 +104,7 @@ WEIGHT_STYLES = {
     "efficientnet_b0": ("torchvision",),
     "convnext_tiny": ("torchvision",),
     "vgg_small": ("pneumoscope",),
+    "vgg_mini": ("pneumoscope",),
     "vgg_tiny": ("pneumoscope",),
 }
 IMAGENET_ENUMS = {

@@ -285,3 +285,29 @@ def test_synth_dataset_invalid_config(tmp_path: Path, kwargs: dict, match: str) 
 def test_synth_dataset_minimum_n_has_both_classes_everywhere(tmp_path: Path) -> None:
     summary = synth_dataset(tmp_path / "ds", n=6, size=48, pneumonia_fraction=0.1)
     assert summary.counts == {s: {"NORMAL": 1, "PNEUMONIA": 1} for s in ("train", "val", "test")}
+
+
+def test_synth_dataset_files_do_not_depend_on_the_number_of_processes(tmp_path: Path) -> None:
+    one = synth_dataset(tmp_path / "one", n=24, size=48, seed=3, workers=1)
+    two = synth_dataset(tmp_path / "two", n=24, size=48, seed=3, workers=2)
+    files = _files(one.root)
+    assert files == _files(two.root) and len(files) > 24
+    assert all((one.root / f).read_bytes() == (two.root / f).read_bytes() for f in files)
+
+
+@pytest.mark.skipif(__import__("multiprocessing").get_start_method() != "fork",
+                    reason="the failing phantom is planted by monkeypatch, which only forked workers inherit")
+def test_synth_dataset_failure_in_a_worker_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*args: object, **kwargs: object) -> Phantom:
+        raise RuntimeError("boom in a worker")
+
+    monkeypatch.setattr(synth, "make_phantom", broken)
+    with pytest.raises(RuntimeError, match="boom in a worker"):
+        synth_dataset(tmp_path / "ds", n=24, size=48, workers=2)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_synth_dataset_rejects_zero_workers(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="workers must be >= 1"):
+        synth_dataset(tmp_path / "ds", n=6, size=48, workers=0)
+    assert list(tmp_path.iterdir()) == []

@@ -245,3 +245,42 @@ def test_without_progress_bars_each_epoch_prints_one_line(tmp_path, synth_root, 
     lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("epoch ")]
     assert [ln.split(":")[0] for ln in lines] == ["epoch 1/2 (stage1)", "epoch 2/2 (stage1)", "epoch 1/1 (stage2)"]
     assert all("val_auc" in ln for ln in lines)
+
+
+def test_a_low_resolution_stage_trains_smaller_and_never_becomes_best_ckpt(tmp_path, synth_root, monkeypatch):
+    seen: list[tuple[str, int]] = []
+    real = ClassifierModule.forward
+
+    def spy(self, x):
+        seen.append((self.stage.name, int(x.shape[-1])))
+        return real(self, x)
+
+    monkeypatch.setattr(ClassifierModule, "forward", spy)
+    cfg = load_config(None, {**TINY, "train.stages": [
+        {"name": "low", "epochs": 2, "lr": 1e-3, "trainable_from": "all", "image_size": 16},
+        {"name": "full", "epochs": 1, "lr": 1e-4, "trainable_from": "all"},
+    ]})
+    r = train(cfg, synth_root, tmp_path / "run", progress=False)
+    # Training and validation of the low stage see 16 px batches, the full stage 32 px ones.
+    assert {s for n, s in seen if n == "low"} == {16} and {s for n, s in seen if n == "full"} == {32}
+    rows = list(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))
+    assert [row["stage"] for row in rows] == ["low", "low", "full"]
+    # Only the full-size epoch may be exported, whatever the low stage's (incomparable) losses.
+    assert r.best_epoch == 3 and abs(r.best_val_loss - float(rows[2]["val_loss"])) < 1e-6
+    from pneumoscope.checkpoint import load_checkpoint
+
+    assert load_checkpoint(r.checkpoint).preprocessing.image_size == 32
+
+
+def test_stage_image_size_is_checked():
+    with pytest.raises(ConfigError, match="the last stage must train at data.image_size"):
+        load_config(None, {**TINY, "train.stages": [{"name": "low", "epochs": 1, "image_size": 16}]})
+    with pytest.raises(ConfigError, match="image_size must be between"):
+        load_config(None, {**TINY, "train.stages": [{"name": "up", "epochs": 1, "image_size": 64}, {"name": "full"}]})
+
+
+def test_a_stage_below_the_model_minimum_fails_before_training(tmp_path, synth_root):
+    cfg = load_config(None, {**TINY, "train.stages": [{"name": "low", "epochs": 1, "image_size": 4}, {"name": "full"}]})
+    with pytest.raises(ConfigError, match="stage 'low': image_size 4 is below vgg_tiny's minimum"):
+        train(cfg, synth_root, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()

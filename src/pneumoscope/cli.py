@@ -455,11 +455,14 @@ def synth(
     seed: int = typer.Option(0, "--seed"),
     difficulty: float = typer.Option(0.5, "--difficulty", help="0 (obvious lesions) to 1 (faint, noisy)."),
     shortcut: bool = typer.Option(False, "--shortcut", help="Add a corner marker correlated with PNEUMONIA."),
+    workers: Optional[int] = typer.Option(
+        None, "--workers", help="Processes drawing images (default: one per core); the files do not depend on it."),
 ) -> None:
     """Draw a synthetic chest-phantom dataset with a lesion mask per PNEUMONIA image."""
     from .data.synth import synth_dataset
 
-    s = synth_dataset(out, n=n, size=size, seed=seed, difficulty=difficulty, shortcut=shortcut, progress=_progress())
+    s = synth_dataset(out, n=n, size=size, seed=seed, difficulty=difficulty, shortcut=shortcut, progress=_progress(),
+                      workers=workers)
     _say(f"wrote {sum(sum(c.values()) for c in s.counts.values())} images to {s.root} in {s.seconds:.1f} s")
 
 

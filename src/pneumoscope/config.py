@@ -93,6 +93,10 @@ class StageConfig:
     plateau_patience: int = 2
     plateau_factor: float = 0.5
     min_lr: float = 1e-6
+    # Progressive resizing: train and validate this stage at a lower side in pixels (the batch
+    # is resampled on the model's device); None: ``data.image_size``. Only stages at the full
+    # size may become ``best.ckpt``, so the last stage must run at it.
+    image_size: int | None = None
 
 
 @dataclass
@@ -243,6 +247,17 @@ class Config:
                 raise ConfigError(f"stage {st.name!r}: schedule must be plateau or onecycle, not {st.schedule!r}")
             if not 0.0 < st.warmup_fraction < 1.0:
                 raise ConfigError(f"stage {st.name!r}: warmup_fraction must be in (0, 1)")
+            if st.image_size is not None and not 0 < st.image_size <= self.data.image_size:
+                raise ConfigError(
+                    f"stage {st.name!r}: image_size must be between 1 and data.image_size "
+                    f"({self.data.image_size}), not {st.image_size}"
+                )
+        last = self.train.stages[-1]
+        if last.image_size not in (None, self.data.image_size):
+            raise ConfigError(
+                f"stage {last.name!r}: the last stage must train at data.image_size ({self.data.image_size}), "
+                f"not {last.image_size}; only full-size stages can become best.ckpt"
+            )
         return self
 
 

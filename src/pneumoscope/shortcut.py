@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .config import load_config
+from .config import StageConfig, load_config
 from .data.dataset import decode_images, scan_split_folder
 from .data.synth import shortcut_marker_box, synth_dataset
 from .explanation.cam import explain
@@ -85,12 +85,12 @@ def run_shortcut_check(
     synth_dataset(marked, n=n, size=SIZE, seed=seed, difficulty=0.6, shortcut=True)
     synth_dataset(clean, n=n, size=SIZE, seed=seed, difficulty=0.6, shortcut=False)
     cfg = load_config("demo", {"data.image_size": SIZE, "model.backbone": "vgg_small", "train.precision": precision,
-                               "data.augment.hflip": False, "data.augment.rotation_deg": 0.0, "train.select": "best"})
+                               "train.batch_size": 32, "data.augment.hflip": False,
+                               "data.augment.rotation_deg": 0.0, "train.select": "best"})
     # Its own short recipe, whatever schedule the demo model uses: the marker is learnt in a few
     # epochs at a constant rate, and the best validation epoch is the model that is examined.
-    stage = cfg.train.stages[0]
-    stage.epochs, stage.lr, stage.early_stopping_patience = 8, 1e-3, 3
-    stage.schedule, stage.optimizer, stage.weight_decay = "plateau", "adam", 0.0
+    cfg.train.stages = [StageConfig(name="scratch", epochs=8, lr=1e-3, trainable_from="all", early_stopping_patience=3,
+                                    plateau_patience=2, plateau_factor=0.5, min_lr=1e-5)]
     result = train(cfg.validate(), marked, out / "run", progress=progress)
     pred = Predictor(result.checkpoint, precision=precision)
     acc_clean, _, _ = _accuracy(pred, clean / "test")

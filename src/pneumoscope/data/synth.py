@@ -469,6 +469,33 @@ def _save_png(array: np.ndarray, path: Path) -> None:
     Image.fromarray(array, mode="L").save(path, format="PNG")
 
 
+def _synth_workers(workers: int | None, n: int) -> int:
+    """Processes for ``n`` images: as asked, or one per available core for enough work."""
+    if workers is not None:
+        if workers < 1:
+            raise ConfigError(f"workers must be >= 1, not {workers}")
+        return min(workers, max(1, n))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    # A process costs about as much to start as drawing a few dozen small phantoms.
+    return max(1, min(cores, 8, n // 64))
+
+
+def _draw_and_save(job: tuple) -> dict[str, str]:
+    """Draw image ``index`` of a dataset and write its PNGs under ``tmp``; its manifest row."""
+    tmp, index, split, label, child_seed, size, difficulty, shortcut = job
+    cls = CLASS_NAMES[label]
+    name = f"synth-{index:05d}"
+    ph = make_phantom(np.random.default_rng(child_seed), size=size, label=label, difficulty=difficulty, shortcut=shortcut)
+    rel = f"{split}/{cls}/{name}.png"
+    _save_png(ph.image, tmp / rel)
+    _save_png(ph.lung_mask, tmp / "lungs" / rel)
+    mask_rel = ""
+    if label == 1:
+        mask_rel = f"masks/{rel}"
+        _save_png(ph.lesion_mask, tmp / mask_rel)
+    return {"path": rel, "label": cls, "patient_id": name, "split": split, "mask_path": mask_rel}
+
+
 def synth_dataset(
     out: str | Path,
     *,
@@ -480,6 +507,7 @@ def synth_dataset(
     pneumonia_fraction: float = 0.5,
     shortcut: bool = False,
     progress: bool = False,
+    workers: int | None = None,
 ) -> SynthSummary:
     """Write a synthetic dataset in the Kaggle chest-X-ray folder layout.
 
@@ -505,6 +533,8 @@ def synth_dataset(
             Each split gets at least one image of each class regardless.
         shortcut: Draw the spurious corner marker on PNEUMONIA images.
         progress: Show a tqdm progress bar.
+        workers: Processes that draw and write images; None: one per CPU core available
+            (at most 8), fewer for small datasets. The files do not depend on it.
 
     Returns:
         A :class:`SynthSummary`.
@@ -531,28 +561,27 @@ def synth_dataset(
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
         tmp.chmod(0o755)  # mkdtemp makes it 0700; the dataset should be readable like any folder
-        rows: list[dict[str, str]] = []
-        with tqdm(total=len(slots), desc="synth", unit="img", disable=not progress) as bar:
-            for index, slot in enumerate(order):
-                split, label = slots[int(slot)]
-                cls = CLASS_NAMES[label]
-                name = f"synth-{index:05d}"
-                ph = make_phantom(
-                    np.random.default_rng(children[index]),
-                    size=int(size),
-                    label=label,
-                    difficulty=difficulty,
-                    shortcut=shortcut,
-                )
-                rel = f"{split}/{cls}/{name}.png"
-                _save_png(ph.image, tmp / rel)
-                _save_png(ph.lung_mask, tmp / "lungs" / rel)
-                mask_rel = ""
-                if label == 1:
-                    mask_rel = f"masks/{rel}"
-                    _save_png(ph.lesion_mask, tmp / mask_rel)
-                rows.append({"path": rel, "label": cls, "patient_id": name, "split": split, "mask_path": mask_rel})
-                bar.update(1)
+        jobs = [
+            (tmp, index, *slots[int(slot)], children[index], int(size), difficulty, shortcut)
+            for index, slot in enumerate(order)
+        ]
+        workers = _synth_workers(workers, len(jobs))
+        with tqdm(total=len(jobs), desc="synth", unit="img", disable=not progress) as bar:
+            if workers == 1:
+                rows = []
+                for job in jobs:
+                    rows.append(_draw_and_save(job))
+                    bar.update(1)
+            else:
+                # Every image depends only on (seed, index), so the files are the same whatever
+                # the number of processes; each process writes its own images into tmp.
+                from concurrent.futures import ProcessPoolExecutor
+
+                with ProcessPoolExecutor(max_workers=workers) as pool:
+                    rows = []
+                    for row in pool.map(_draw_and_save, jobs, chunksize=max(1, len(jobs) // (8 * workers))):
+                        rows.append(row)
+                        bar.update(1)
         with open(tmp / "manifest.csv", "w", newline="", encoding="utf-8") as fh:
             writer = csv.DictWriter(fh, fieldnames=["path", "label", "patient_id", "split", "mask_path"], lineterminator="\n")
             writer.writeheader()

@@ -1,5 +1,8 @@
 """The LightningModule: loss as the seed defines it, batched augmentation, validation AUC.
 
+A stage with ``image_size`` below the data's trains and validates on batches resampled to
+that size (progressive resizing); the model is fully convolutional up to its pooled head.
+
 Batches are ``(uint8 images, labels, ids)`` from any image source (``data/source.py``). Under
 DDP every rank validates its own share; the logits of all ranks are gathered, put back in id
 order once each, and the metrics computed from all of them, so every rank logs the same
@@ -85,6 +88,10 @@ class ClassifierModule(L.LightningModule):
 
     def _inputs(self, x: torch.Tensor, train: bool, generator: torch.Generator | None = None) -> torch.Tensor:
         x = x.float().div_(255.0)
+        size = self.stage.image_size
+        if size is not None and tuple(x.shape[-2:]) != (size, size):
+            # Progressive resizing: the stage sees (and is validated on) smaller images.
+            x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
         if train and self.augment is not None:
             x = augment_batch(x, self.augment, generator=generator)
         x = self.prep.normalize(x)

@@ -238,6 +238,12 @@ def train(
         raise ConfigError(
             f"--image-size {cfg.data.image_size} is below {cfg.model.backbone}'s minimum of {info.min_input_size} px"
         )
+    for st in cfg.train.stages:
+        if st.image_size is not None and st.image_size < info.min_input_size:
+            raise ConfigError(
+                f"stage {st.name!r}: image_size {st.image_size} is below {cfg.model.backbone}'s minimum "
+                f"of {info.min_input_size} px"
+            )
     cam_layer = cfg.model.cam_layer or info.default_layer
     state_dir = out / "state"
     progress_file = state_dir / "progress.json"
@@ -331,6 +337,7 @@ def train(
             continue
         model.set_trainable(stage.trainable_from)
         trained_now = True
+        full_size = stage.image_size in (None, cfg.data.image_size)
         module = ClassifierModule(
             model, prep, stage, cfg.data.augment, weights, cfg.train.label_smoothing, cfg.train.head_l2, channels_last,
             ema_decay=cfg.train.ema_decay, mixup=cfg.train.mixup,
@@ -339,7 +346,9 @@ def train(
         stage_callbacks: list[L.Callback] = [
             EarlyStopping(monitor="val_loss", mode="min", patience=stage.early_stopping_patience, min_delta=0.0),
             RestoreBestWeights(state_dir / f"{stage.name}-best.safetensors", keep_last=cfg.train.select == "last"),
-            ExportBest(run_state, export, keep_last=cfg.train.select == "last", best=best),
+            # A stage at a lower resolution is validated at that resolution: its losses are not
+            # comparable with the full-size stages', and its weights are not the final model.
+            *([ExportBest(run_state, export, keep_last=cfg.train.select == "last", best=best)] if full_size else []),
             seen,
             MetricsCSV(out / "metrics.csv", stage.name, run_state["epoch_offset"],
                        echo=None if progress else _echo, epochs=stage.epochs, seen=seen),
