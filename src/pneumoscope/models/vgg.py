@@ -43,6 +43,17 @@ def make_vgg_features(cfg: list[int | str], batch_norm: bool = False) -> tuple[n
     return nn.Sequential(*layers), names, in_ch
 
 
+def _compact_vgg(
+    name: str, cfg: list[int | str], hidden: int, batch_norm: bool, weights: str | None, num_classes: int
+) -> Classifier:
+    """One of pneumoscope's own small VGGs; ``weights`` can only be a local file (no torchvision counterpart)."""
+    features, names, ch = make_vgg_features(cfg, batch_norm=batch_norm)
+    model = Classifier(features, ch, names, num_classes=num_classes, hidden=hidden)
+    if weights is not None:
+        load_backbone_weights(model, weights, name)
+    return model
+
+
 @register_model(
     "vgg19",
     min_input_size=32,
@@ -69,11 +80,7 @@ def vgg19(weights: str | None = None, num_classes: int = 2) -> Classifier:
     description="compact VGG with batch norm (16-32-64-128 channels, 0.3 M parameters) for CPU demos",
 )
 def vgg_small(weights: str | None = None, num_classes: int = 2) -> Classifier:
-    features, names, ch = make_vgg_features([16, "M", 32, "M", 64, 64, "M", 128, 128], batch_norm=True)
-    model = Classifier(features, ch, names, num_classes=num_classes, hidden=64)
-    if weights is not None:
-        load_backbone_weights(model, weights, "vgg_small")  # no torchvision counterpart
-    return model
+    return _compact_vgg("vgg_small", [16, "M", 32, "M", 64, 64, "M", 128, 128], 64, True, weights, num_classes)
 
 
 @register_model(
@@ -84,11 +91,7 @@ def vgg_small(weights: str | None = None, num_classes: int = 2) -> Classifier:
     description="vgg_small at half width (8-16-32-64 channels, 75 k parameters): the demo's model, 3.4x cheaper per step",
 )
 def vgg_mini(weights: str | None = None, num_classes: int = 2) -> Classifier:
-    features, names, ch = make_vgg_features([8, "M", 16, "M", 32, 32, "M", 64, 64], batch_norm=True)
-    model = Classifier(features, ch, names, num_classes=num_classes, hidden=32)
-    if weights is not None:
-        load_backbone_weights(model, weights, "vgg_mini")  # no torchvision counterpart
-    return model
+    return _compact_vgg("vgg_mini", [8, "M", 16, "M", 32, 32, "M", 64, 64], 32, True, weights, num_classes)
 
 
 @register_model(
@@ -99,8 +102,4 @@ def vgg_mini(weights: str | None = None, num_classes: int = 2) -> Classifier:
     description="a few-thousand-parameter VGG for tests",
 )
 def vgg_tiny(weights: str | None = None, num_classes: int = 2) -> Classifier:
-    features, names, ch = make_vgg_features([4, "M", 8, "M", 8])
-    model = Classifier(features, ch, names, num_classes=num_classes, hidden=8)
-    if weights is not None:
-        load_backbone_weights(model, weights, "vgg_tiny")  # no torchvision counterpart
-    return model
+    return _compact_vgg("vgg_tiny", [4, "M", 8, "M", 8], 8, False, weights, num_classes)
