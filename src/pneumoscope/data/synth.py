@@ -23,6 +23,9 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -566,22 +569,17 @@ def synth_dataset(
             for index, slot in enumerate(order)
         ]
         workers = _synth_workers(workers, len(jobs))
-        with tqdm(total=len(jobs), desc="synth", unit="img", disable=not progress) as bar:
-            if workers == 1:
-                rows = []
-                for job in jobs:
-                    rows.append(_draw_and_save(job))
-                    bar.update(1)
-            else:
+        with tqdm(total=len(jobs), desc="synth", unit="img", disable=not progress) as bar, ExitStack() as stack:
+            results: Iterator[dict[str, str]] = map(_draw_and_save, jobs)
+            if workers > 1:
                 # Every image depends only on (seed, index), so the files are the same whatever
                 # the number of processes; each process writes its own images into tmp.
-                from concurrent.futures import ProcessPoolExecutor
-
-                with ProcessPoolExecutor(max_workers=workers) as pool:
-                    rows = []
-                    for row in pool.map(_draw_and_save, jobs, chunksize=max(1, len(jobs) // (8 * workers))):
-                        rows.append(row)
-                        bar.update(1)
+                pool = stack.enter_context(ProcessPoolExecutor(max_workers=workers))
+                results = pool.map(_draw_and_save, jobs, chunksize=max(1, len(jobs) // (8 * workers)))
+            rows = []
+            for row in results:
+                rows.append(row)
+                bar.update(1)
         with open(tmp / "manifest.csv", "w", newline="", encoding="utf-8") as fh:
             writer = csv.DictWriter(fh, fieldnames=["path", "label", "patient_id", "split", "mask_path"], lineterminator="\n")
             writer.writeheader()
