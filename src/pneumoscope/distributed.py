@@ -10,6 +10,10 @@ into ``lightning.Trainer`` arguments. Training and scoring both build their Trai
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,3 +95,29 @@ def trainer_kwargs(dist: DistributedConfig, device: torch.device | None = None) 
             process_group_backend="gloo", start_method="spawn" if dist.strategy == "ddp_spawn" else "popen"
         )
     return kwargs
+
+
+@contextlib.contextmanager
+def quiet_lightning(*messages: str) -> Iterator[None]:
+    """For the duration: Lightning's banners and tips at WARNING, LitData's notices at ERROR, and
+    Lightning's worker-count advice plus the warnings matching ``messages`` (regexes) ignored.
+
+    Training and scoring each pass the advice that does not apply to them.
+    """
+    quiet = {"lightning.pytorch": logging.WARNING, "lightning.fabric": logging.WARNING, "lightning": logging.WARNING,
+             "litdata": logging.ERROR}
+    loggers = [logging.getLogger(n) for n in quiet]
+    levels = [lg.level for lg in loggers]
+    for lg, lvl in zip(loggers, quiet.values()):
+        lg.setLevel(lvl)
+    try:
+        with warnings.catch_warnings():
+            # Images are decoded in memory or streamed in the loop: more loader workers would not help.
+            warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+            warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+            for message in messages:
+                warnings.filterwarnings("ignore", message=message)
+            yield
+    finally:
+        for lg, lvl in zip(loggers, levels):
+            lg.setLevel(lvl)

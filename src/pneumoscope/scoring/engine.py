@@ -18,21 +18,19 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import logging
 import os
 import time
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 from ..checkpoint import Checkpoint, load_checkpoint
-from ..distributed import DistributedConfig, trainer_kwargs
+from ..distributed import DistributedConfig, quiet_lightning, trainer_kwargs
 from ..errors import ConfigError
 from ..fileio import atomic_write_text
 from ..inference import Predictor, unique_stem, write_explanation
@@ -219,25 +217,10 @@ class PartWriter(BasePredictionWriter):
             self._pool = None
 
 
-@contextlib.contextmanager
-def _quiet_lightning() -> Iterator[None]:
+def _quiet_lightning() -> contextlib.AbstractContextManager[None]:
     """Silence Lightning's banners and advice that do not apply to scoring files."""
     # LitData warns that a store streamed under DDP keeps every image (drop_last off): scoring must.
-    quiet = {"lightning.pytorch": logging.WARNING, "lightning.fabric": logging.WARNING, "lightning": logging.WARNING,
-             "litdata": logging.ERROR}
-    loggers = [logging.getLogger(n) for n in quiet]
-    levels = [lg.level for lg in loggers]
-    for lg, lvl in zip(loggers, quiet.values()):
-        lg.setLevel(lvl)
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-            warnings.filterwarnings("ignore", message=".*Total length of .* across ranks is zero.*")
-            warnings.filterwarnings("ignore", message=".*LeafSpec.*")
-            yield
-    finally:
-        for lg, lvl in zip(loggers, levels):
-            lg.setLevel(lvl)
+    return quiet_lightning(".*Total length of .* across ranks is zero.*")
 
 
 def _distributed(job: ScoringJob) -> tuple[DistributedConfig, torch.device | None]:

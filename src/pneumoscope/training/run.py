@@ -20,7 +20,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import lightning as L
 import torch
@@ -30,7 +30,7 @@ from ..checkpoint import CLASS_NAMES, save_checkpoint
 from ..config import Config, _merge, dump_config
 from ..data.source import SourceDataModule, open_training_data
 from ..data.transforms import Preprocessing
-from ..distributed import trainer_kwargs
+from ..distributed import quiet_lightning, trainer_kwargs
 from ..errors import ConfigError, DataError
 from ..fileio import atomic_path, atomic_write_text
 from ..models import create_model, get_model_info
@@ -115,32 +115,19 @@ def _limits(cfg: Config) -> dict[str, float | int]:
     return out
 
 
-@contextlib.contextmanager
-def _quiet_lightning() -> Iterator[None]:
+def _quiet_lightning() -> contextlib.AbstractContextManager[None]:
     """Silence Lightning's advice that does not apply here (workers for in-memory tensors, tips)."""
     # LitData warns that evaluation streams keep every image (drop_last off) under DDP: that is
     # the point (the validation outputs are gathered, not reduced step by step).
-    quiet = {"lightning.pytorch": logging.WARNING, "lightning.fabric": logging.WARNING, "lightning": logging.WARNING,
-             "litdata": logging.ERROR}
-    loggers = [logging.getLogger(n) for n in quiet]
-    levels = [lg.level for lg in loggers]
-    for lg, lvl in zip(loggers, quiet.values()):
-        lg.setLevel(lvl)
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-            warnings.filterwarnings("ignore", message=".*number of training batches.*")
-            warnings.filterwarnings("ignore", message=".*Checkpoint directory.*exists and is not empty.*")
-            warnings.filterwarnings("ignore", message=".*LeafSpec.*")
-            # Lightning's own all_gather (used for the validation outputs) and LitData's sized stream.
-            warnings.filterwarnings("ignore", message=".*all_gather is deprecated.*")
-            warnings.filterwarnings("ignore", message=".*IterableDataset. has .__len__. defined.*")
-            # The samples a DistributedSampler repeats are dropped again by id (module.py).
-            warnings.filterwarnings("ignore", message=".*Using `DistributedSampler` with the dataloaders.*")
-            yield
-    finally:
-        for lg, lvl in zip(loggers, levels):
-            lg.setLevel(lvl)
+    return quiet_lightning(
+        ".*number of training batches.*",
+        ".*Checkpoint directory.*exists and is not empty.*",
+        # Lightning's own all_gather (used for the validation outputs) and LitData's sized stream.
+        ".*all_gather is deprecated.*",
+        ".*IterableDataset. has .__len__. defined.*",
+        # The samples a DistributedSampler repeats are dropped again by id (module.py).
+        ".*Using `DistributedSampler` with the dataloaders.*",
+    )
 
 
 def _check_same_config(cfg: Config, saved: Path) -> None:
