@@ -19,6 +19,15 @@ from .errors import ConfigError
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one), at least 1."""
+    import os
+
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
 @lru_cache(maxsize=1)
 def _cpu_flags() -> frozenset[str]:
     try:
@@ -65,7 +74,7 @@ def cpu_summary() -> str:
     isa = cpu_isa()
     have = [k for k, v in isa.items() if v]
     missing = [k for k, v in isa.items() if not v]
-    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    n = available_cores()
     line = f"{cpu_model()}, {n} cores, {' '.join(have) or 'no avx2'}"
     if missing:
         line += f" (no {', '.join(missing)})"

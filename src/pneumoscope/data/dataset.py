@@ -7,7 +7,6 @@ as one uint8 tensor, so epochs never re-decode JPEGs (5,216 images at 256 px are
 from __future__ import annotations
 
 import csv
-import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from typing import Callable, Iterator, Sequence, TypeVar
 import torch
 
 from ..errors import DataError, PneumoscopeError
+from ..runtime import available_cores
 from .io import IMAGE_SUFFIXES, read_image
 from .splits import merge_duplicate_groups, patient_id_from_name, patient_split
 from .transforms import Preprocessing
@@ -183,7 +183,7 @@ def map_images(fn: Callable[[T], R], items: Sequence[T], progress: bool = True, 
     libjpeg release the GIL, so threads give a real speed-up on decode.
     """
     if workers is None:
-        workers = min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+        workers = min(8, available_cores())
     from tqdm.auto import tqdm
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:

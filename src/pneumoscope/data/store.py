@@ -38,6 +38,7 @@ import torch
 
 from ..errors import ConfigError, DataError, PneumoscopeError
 from ..fileio import atomic_write_text
+from ..runtime import available_cores
 from .dataset import CLASS_NAMES, Sample, load_splits
 from .io import DEFAULT_MAX_PIXELS, read_image
 from .transforms import Preprocessing
@@ -228,7 +229,7 @@ def prepare_store(
     if splits.test and val_source != "test":
         subsets["test"] = (splits.test, "test")
     if workers is None:
-        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        workers = available_cores()
 
     out.parent.mkdir(parents=True, exist_ok=True)
     stale = sorted(out.parent.glob(f".{out.name}.partial-*"))

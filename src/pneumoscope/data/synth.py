@@ -478,9 +478,10 @@ def _synth_workers(workers: int | None, n: int) -> int:
         if workers < 1:
             raise ConfigError(f"workers must be >= 1, not {workers}")
         return min(workers, max(1, n))
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    from ..runtime import available_cores
+
     # A process costs about as much to start as drawing a few dozen small phantoms.
-    return max(1, min(cores, 8, n // 64))
+    return max(1, min(available_cores(), 8, n // 64))
 
 
 def _draw_and_save(job: tuple) -> dict[str, str]:
