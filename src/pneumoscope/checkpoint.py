@@ -25,6 +25,7 @@ from torch import nn
 from .data.transforms import Preprocessing
 from .errors import CheckpointError, PneumoscopeError
 from .fileio import atomic_path
+from .zoo import is_shipped, resolve_checkpoint, shipped_names
 
 FORMAT = "pneumoscope.checkpoint"
 FORMAT_VERSION = 2
@@ -140,9 +141,12 @@ def update_checkpoint(
     """
     from safetensors.torch import load_file
 
-    p = Path(path)
+    p = resolve_checkpoint(path)
     meta = read_metadata(p)
     _check_temperature(temperature, p)
+    target = p if out is None else Path(out)
+    if is_shipped(target):
+        raise CheckpointError(f"{p}: a shipped model is read-only; write the updated checkpoint elsewhere (--out FILE)")
     try:
         state = load_file(str(p))
     except Exception as exc:
@@ -152,16 +156,68 @@ def update_checkpoint(
         operating_point=operating_point, versions=_versions(),
     )
     meta["info"] = {**meta.get("info", {}), **(info or {})}
-    return _write(p if out is None else out, state, meta)
+    return _write(target, state, meta)
+
+
+COMPACT_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+_FP16_MAX = float(torch.finfo(torch.float16).max)
+
+
+def compact_checkpoint(path: str | Path, out: str | Path, *, dtype: str = "fp16") -> dict[str, Any]:
+    """Write a copy of a checkpoint with its floating-point weights stored at half precision.
+
+    Half the size, for shipping and sharing; :func:`load_checkpoint` loads it back into float32,
+    so inference runs exactly as before apart from the rounding of the weights. ``fp16`` keeps
+    three more bits of mantissa than ``bf16`` and is the default; a tensor that would overflow
+    float16 stays float32. Integer buffers (BatchNorm's batch counter) are kept as they are.
+
+    Returns:
+        ``{"path", "dtype", "bytes_before", "bytes_after", "kept_fp32"}``.
+
+    Raises:
+        CheckpointError: Unreadable checkpoint, an unknown dtype, or ``out`` is the input.
+    """
+    from safetensors.torch import load_file
+
+    if dtype not in COMPACT_DTYPES:
+        raise CheckpointError(f"unknown storage dtype {dtype!r}; expected one of {', '.join(COMPACT_DTYPES)}")
+    p = resolve_checkpoint(path)
+    meta = read_metadata(p)
+    out = Path(out)
+    if out.exists() and out.resolve() == p.resolve():
+        raise CheckpointError(f"{out}: write the compact checkpoint to a new file, not over its source")
+    try:
+        state = load_file(str(p))
+    except Exception as exc:  # noqa: BLE001
+        raise CheckpointError(f"{p}: checkpoint weights are unreadable (truncated or corrupt file)") from exc
+    target = COMPACT_DTYPES[dtype]
+    kept: list[str] = []
+    small: dict[str, torch.Tensor] = {}
+    for name, t in state.items():
+        if not t.is_floating_point():
+            small[name] = t
+        elif target is torch.float16 and t.numel() and float(t.abs().max()) > _FP16_MAX:
+            small[name], _ = t.float(), kept.append(name)
+        else:
+            small[name] = t.to(target).contiguous()
+    meta["info"] = {**meta.get("info", {}), "storage_dtype": dtype, "compacted_from": p.name}
+    meta["versions"] = _versions()
+    _write(out, small, meta)
+    return {"path": out, "dtype": dtype, "bytes_before": p.stat().st_size, "bytes_after": out.stat().st_size,
+            "kept_fp32": kept}
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:
-    """The checkpoint's JSON metadata, without loading the weights."""
+    """The checkpoint's JSON metadata, without loading the weights.
+
+    ``path`` may also be the name of a shipped model (``pneumoscope models``).
+    """
     from safetensors import safe_open
 
-    p = Path(path)
+    p = resolve_checkpoint(path)
     if not p.is_file():
-        raise CheckpointError(f"{p}: checkpoint not found")
+        hint = f" or the name of a shipped model ({shipped_names()})" if len(p.parts) == 1 else ""
+        raise CheckpointError(f"{p}: checkpoint not found; expected a checkpoint file{hint}")
     try:
         with safe_open(str(p), framework="pt") as fh:
             raw = (fh.metadata() or {}).get("pneumoscope")
@@ -189,6 +245,9 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
     """Rebuild the model described by a checkpoint and load its weights (eval mode).
 
+    ``path`` is a checkpoint file or the name of a shipped model (``kaggle-offline-v2``).
+    Weights stored at a lower precision (:func:`compact_checkpoint`) load into float32.
+
     Raises:
         CheckpointError: unreadable file, not a pneumoscope checkpoint, unknown architecture, or
             weights that do not match the architecture it names.
@@ -197,7 +256,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
 
     from .models import create_model
 
-    p = Path(path)
+    p = resolve_checkpoint(path)
     meta = read_metadata(p)
     arch = meta.get("architecture", "")
     try:

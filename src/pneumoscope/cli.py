@@ -551,13 +551,36 @@ def serve(
 
 
 @app.command("models")
-def models_cmd() -> None:
-    """List the registered models."""
+@user_errors
+def models_cmd(
+    name: Optional[str] = typer.Argument(None, help="A shipped model: print its model card."),
+) -> None:
+    """List the trained models shipped with pneumoscope and the architectures to train."""
+    from .errors import CheckpointError
     from .models import get_model_info, list_models
+    from .zoo import find_shipped, shipped_models, shipped_names
 
-    for name in list_models():
-        info = get_model_info(name)
-        typer.echo(f"{name:12s} layer {info.default_layer:14s} {info.description}")
+    if name is not None:
+        found = find_shipped(name)
+        if found is None:
+            raise CheckpointError(f"{name}: not a shipped model; shipped: {shipped_names()}")
+        typer.echo(found.card_text() or f"{found.name}: no model card shipped")
+        return
+    shipped = shipped_models()
+    typer.echo("Trained models shipped with pneumoscope (pass the name as --checkpoint; "
+               "`pneumoscope models NAME` prints the card):")
+    for m in shipped:
+        meta = m.metadata()
+        prep = meta.get("preprocessing", {})
+        typer.echo(f"  {m.name:20s} {meta.get('architecture', '?'):10s} {prep.get('image_size', '?')} px  "
+                   f"threshold {meta.get('threshold', float('nan')):.3f}  {m.size_bytes / 1e6:.1f} MB  "
+                   f"{meta.get('info', {}).get('summary', '')}")
+    if not shipped:
+        typer.echo("  (none in this installation)")
+    typer.echo("Architectures (model.backbone in a training config), with their Grad-CAM layer:")
+    for arch in list_models():
+        info = get_model_info(arch)
+        typer.echo(f"  {arch:20s} layer {info.default_layer:14s} {info.description}")
 
 
 @app.command()

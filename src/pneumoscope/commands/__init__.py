@@ -5,4 +5,4 @@ with ``@app.command()`` and ``@user_errors`` from :mod:`pneumoscope.cli`, and is
 """
 
 from __future__ import annotations
-from . import listen, manifest, prepare  # noqa: F401
+from . import compact, listen, manifest, prepare  # noqa: F401
