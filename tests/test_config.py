@@ -60,11 +60,11 @@ def test_bundled_name_wins_over_a_folder_of_that_name(tmp_path, monkeypatch):
 def test_overrides_index_into_the_list_of_stages():
     cfg = load_config("offline", {"train.stages.0.lr": 1e-4, "model.backbone": "vgg19"})
     assert cfg.train.stages[0].lr == 1e-4 and cfg.model.backbone == "vgg19"
-    assert cfg.train.stages[0].epochs == 12  # the rest of the stage is kept
+    assert cfg.train.stages[0].epochs == 8 and cfg.train.stages[0].image_size == 96  # the rest is kept
     # With no stages in the file, the defaults are indexed.
     cfg = load_config(None, {"train.stages.1.epochs": 3})
     assert [s.epochs for s in cfg.train.stages][1] == 3 and len(cfg.train.stages) == 2
-    with pytest.raises(ConfigError, match=r"train.stages has 1 entries, indexed 0..0"):
-        load_config("offline", {"train.stages.1.lr": 1e-4})
+    with pytest.raises(ConfigError, match=r"train.stages has 2 entries, indexed 0..1"):
+        load_config("offline", {"train.stages.2.lr": 1e-4})
     with pytest.raises(ConfigError, match="train.batch_size is not a section"):
         load_config("offline", {"train.batch_size.x": 1})
