@@ -18,7 +18,7 @@ from ..errors import ConfigError
 @app.command()
 @user_errors
 def listen(
-    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="A best.ckpt from `pneumoscope train`."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="A best.ckpt from `pneumoscope train`, or a shipped model by name (`pneumoscope models`)."),
     spool: Path = typer.Option(..., "--spool", help="Folder for received instances and pending results (kept across restarts)."),
     send_to: List[str] = typer.Option(
         [], "--send-to",
