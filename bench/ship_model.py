@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         staged = Path(tmp) / "staged.safetensors"
         update_checkpoint(small, staged, threshold=meta["threshold"], temperature=meta["temperature"],
                           operating_point=meta["operating_point"], info=info)
-        staged.replace(out) if staged.stat().st_dev == ZOO_DIR.stat().st_dev else out.write_bytes(staged.read_bytes())
+        shutil.move(staged, out)
     print(f"wrote {out} ({r['bytes_before'] / 1e6:.1f} MB -> {out.stat().st_size / 1e6:.1f} MB)")
     print(json.dumps(card, indent=2))
     return 0

@@ -197,7 +197,8 @@ def compact_checkpoint(path: str | Path, out: str | Path, *, dtype: str = "fp16"
         if not t.is_floating_point():
             small[name] = t
         elif target is torch.float16 and t.numel() and float(t.abs().max()) > _FP16_MAX:
-            small[name], _ = t.float(), kept.append(name)
+            small[name] = t.float()
+            kept.append(name)
         else:
             small[name] = t.to(target).contiguous()
     meta["info"] = {**meta.get("info", {}), "storage_dtype": dtype, "compacted_from": p.name}

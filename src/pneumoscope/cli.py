@@ -43,6 +43,10 @@ class Style(str, Enum):
     heatmap = "heatmap"
 
 
+#: The --checkpoint help of every command that loads a model.
+CHECKPOINT_HELP = "A best.ckpt from `pneumoscope train`, or a shipped model by name (`pneumoscope models`)."
+
+
 def _say(msg: str) -> None:
     typer.echo(msg, err=True)
 
@@ -154,7 +158,7 @@ def _set_epochs(cfg: Any, spec: str) -> Any:
 @app.command()
 @user_errors
 def evaluate(
-    checkpoint: Path = typer.Option(..., "--checkpoint", help="A best.ckpt from `pneumoscope train`, or a shipped model by name (`pneumoscope models`)."),
+    checkpoint: Path = typer.Option(..., "--checkpoint", help=CHECKPOINT_HELP),
     data: Path = typer.Option(..., "--data", help="A split folder (…/test), a dataset root (its test/), a CSV, or a store (its test images)."),
     out: Path = typer.Option(Path("eval"), "--out", help="Folder for metrics.json, plots, predictions.csv."),
     threshold: Optional[str] = typer.Option(None, "--threshold", help="Override the checkpoint's threshold with a number in (0, 1)."),
@@ -204,7 +208,7 @@ class OpMethod(str, Enum):
 @app.command()
 @user_errors
 def calibrate(
-    checkpoint: Path = typer.Option(..., "--checkpoint", help="A best.ckpt from `pneumoscope train`, or a shipped model by name (`pneumoscope models`)."),
+    checkpoint: Path = typer.Option(..., "--checkpoint", help=CHECKPOINT_HELP),
     data: Path = typer.Option(..., "--data", help="The dataset the checkpoint was trained on (root or CSV), or its store (its val images)."),
     val_source: Optional[CalibValSource] = typer.Option(None, "--val-source", help="split (the patient-level split it trained with) | val; default: as trained."),
     method: Optional[OpMethod] = typer.Option(None, "--method", help="youden | sensitivity | fixed; default: the stored config's."),
@@ -302,7 +306,7 @@ class StoreSubset(str, Enum):
 @user_errors
 def predict(
     inputs: list[Path] = typer.Argument(..., help="Image files or folders (recursed), or one store from `pneumoscope prepare`."),
-    checkpoint: Path = typer.Option(..., "--checkpoint", help="A best.ckpt from `pneumoscope train`, or a shipped model by name (`pneumoscope models`)."),
+    checkpoint: Path = typer.Option(..., "--checkpoint", help=CHECKPOINT_HELP),
     out: Optional[Path] = typer.Option(None, "--out", help="preds.csv, preds.json or preds.parquet; default: CSV on stdout."),
     explain_dir: Optional[Path] = typer.Option(None, "--explain", help="Also write explanation overlays here."),
     method: str = typer.Option("gradcam", "--method", help=f"Explanation method for --explain: {METHOD_HELP}."),
@@ -357,7 +361,7 @@ def predict(
 @user_errors
 def explain(
     inputs: list[Path] = typer.Argument(..., help="Image files or folders (recursed), or one store from `pneumoscope prepare`."),
-    checkpoint: Path = typer.Option(..., "--checkpoint", help="A best.ckpt from `pneumoscope train`, or a shipped model by name (`pneumoscope models`)."),
+    checkpoint: Path = typer.Option(..., "--checkpoint", help=CHECKPOINT_HELP),
     out: Path = typer.Option(..., "--out", help="Folder for overlays, raw maps and manifest.json."),
     layer: Optional[str] = typer.Option(None, "--layer", help="Layer name, e.g. block5_conv3 (default: the checkpoint's)."),
     target: str = typer.Option("predicted", "--target", help="predicted | NORMAL | PNEUMONIA"),
@@ -400,7 +404,7 @@ def explain(
 @app.command("explain-eval")
 @user_errors
 def explain_eval_cmd(
-    checkpoint: Path = typer.Option(..., "--checkpoint", help="A best.ckpt from `pneumoscope train`, or a shipped model by name (`pneumoscope models`)."),
+    checkpoint: Path = typer.Option(..., "--checkpoint", help=CHECKPOINT_HELP),
     data: Path = typer.Option(..., "--data", help="A split folder (…/test), a dataset root (its test/), or a CSV."),
     out: Path = typer.Option(Path("explain-eval"), "--out", help="Folder for explain_eval.csv and .json."),
     masks: Optional[Path] = typer.Option(None, "--masks", help="Folder of lesion-mask PNGs named like the images (default: DATA's masks/)."),
@@ -501,7 +505,7 @@ def demo(
 @app.command()
 @user_errors
 def serve(
-    checkpoint: Path = typer.Option(..., "--checkpoint", help="A best.ckpt from `pneumoscope train`, or a shipped model by name (`pneumoscope models`)."),
+    checkpoint: Path = typer.Option(..., "--checkpoint", help=CHECKPOINT_HELP),
     host: str = typer.Option("127.0.0.1", "--host", help="Interface to bind; anything but loopback needs --api-key."),
     port: int = typer.Option(8000, "--port"),
     api_key: Optional[str] = typer.Option(

@@ -11,14 +11,14 @@ from typing import List, Optional
 
 import typer
 
-from ..cli import Precision, _say, app, user_errors
+from ..cli import CHECKPOINT_HELP, Precision, _say, app, user_errors
 from ..errors import ConfigError
 
 
 @app.command()
 @user_errors
 def listen(
-    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="A best.ckpt from `pneumoscope train`, or a shipped model by name (`pneumoscope models`)."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help=CHECKPOINT_HELP),
     spool: Path = typer.Option(..., "--spool", help="Folder for received instances and pending results (kept across restarts)."),
     send_to: List[str] = typer.Option(
         [], "--send-to",
