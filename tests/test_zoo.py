@@ -100,6 +100,13 @@ def test_a_shipped_model_is_read_only(tmp_path, shipped_dir):
     assert pneumoscope.load_checkpoint(out).threshold == 0.5
 
 
+def test_calibrate_refuses_a_shipped_model_in_place_before_any_work(run_cli, tmp_path, shipped_dir, tiny_ckpt):
+    compact_checkpoint(tiny_ckpt, shipped_dir / "tiny-v1.safetensors")
+    # --data does not exist: the read-only refusal must come first, before anything is read.
+    result = run_cli("calibrate", "--checkpoint", "tiny-v1", "--data", tmp_path / "absent")
+    assert_user_error(result, "tiny-v1: a shipped model is read-only", "--out")
+
+
 def test_models_command_lists_shipped_models_and_prints_cards(run_cli, tmp_path, shipped_dir):
     result = run_cli("models")
     assert result.exit_code == 0 and "(none in this installation)" in result.stdout

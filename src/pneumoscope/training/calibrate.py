@@ -251,7 +251,12 @@ def recalibrate(
     from ..data.transforms import Preprocessing
     from ..errors import CheckpointError, ConfigError
 
-    ckpt = Path(checkpoint)
+    from ..zoo import is_shipped, resolve_checkpoint
+
+    ckpt = resolve_checkpoint(checkpoint)
+    if out is None and is_shipped(ckpt):
+        # Before any decoding: the refusal would otherwise come only when writing.
+        raise CheckpointError(f"{checkpoint}: a shipped model is read-only; give --out FILE for the recalibrated copy")
     meta = read_metadata(ckpt)
     stored = meta.get("config") or {}
     source = val_source or stored.get("data", {}).get("val_source", "split")
