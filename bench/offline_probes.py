@@ -1,0 +1,235 @@
+"""Probes of a trained offline model, behind the lever table of issue 13 (docs/benchmarks/accuracy.md).
+
+    python bench/offline_probes.py tta CKPT                 # test-time augmentation: flip, zoom, shift
+    python bench/offline_probes.py test-bn CKPT             # transductive: BatchNorm statistics from the test images
+    python bench/offline_probes.py fullres CKPT             # the 16 full-resolution originals of the official val split
+    python bench/offline_probes.py lung-crop-stats          # does an unsupervised lung crop depend on the class?
+    python bench/offline_probes.py corner-dataset OUT       # a copy of the data with the four corners filled
+
+CKPT is a checkpoint file or a shipped model (``kaggle-offline-v2``). ``--data`` defaults to
+``../shared/data`` beside the checkout. ``corner-dataset`` writes a dataset to train on with
+``bench/offline_accuracy.py --data OUT``; the others print their figures. These are measurements
+for the record, not product features: test-time BatchNorm adaptation looks at the test images
+and is never a headline figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+DATA = ROOT.parent / "shared" / "data"
+
+
+def _test_set(ckpt, data: Path):
+    import torch
+
+    from pneumoscope.data.io import read_image
+
+    files = sorted(p for p in (data / "chest_xray_224" / "test").glob("*/*") if p.is_file())
+    y = np.array([p.parent.name == "PNEUMONIA" for p in files])
+    images = torch.stack([ckpt.preprocessing.to_uint8(read_image(p)) for p in files])
+    return images, y
+
+
+def _probs(ckpt, images, model=None):
+    import torch
+
+    model = model or ckpt.model
+    with torch.no_grad():
+        return torch.cat([
+            (model(ckpt.preprocessing.normalize(images[i:i + 64])) / ckpt.temperature).softmax(1)[:, 1]
+            for i in range(0, len(images), 64)
+        ]).numpy()
+
+
+def _zoom(images, z: float, dx: float = 0.0, dy: float = 0.0):
+    """Zoom uint8 images (N, S, S) by ``z`` about the centre shifted by (dx, dy) of the half-side."""
+    import torch
+    import torch.nn.functional as F
+
+    x = images.float()[:, None] / 255
+    theta = torch.tensor([[1 / z, 0, dx], [0, 1 / z, dy]], dtype=torch.float32).expand(len(x), 2, 3)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return (F.grid_sample(x, grid, padding_mode="border", align_corners=False)[:, 0] * 255).round().to(torch.uint8)
+
+
+def tta(args: argparse.Namespace) -> None:
+    from sklearn.metrics import roc_auc_score
+
+    from pneumoscope import load_checkpoint
+
+    ckpt = load_checkpoint(args.checkpoint)
+    images, y = _test_set(ckpt, args.data)
+    variants = {"none": _probs(ckpt, images), "flip": _probs(ckpt, images.flip(-1))}
+    for z in (1.1, 1.2, 1.3):
+        variants[f"zoom {z}"] = _probs(ckpt, _zoom(images, z))
+    for dx, dy in ((0.05, 0), (-0.05, 0), (0, 0.05), (0, -0.05)):
+        variants[f"shift ({dx}, {dy}) at zoom 1.15"] = _probs(ckpt, _zoom(images, 1.15, dx, dy))
+    for name, p in variants.items():
+        print(f"{name:34s} test AUC {roc_auc_score(y, p):.4f}")
+    for name, keys in (("mean of none + flip", ["none", "flip"]),
+                       ("mean of none + zooms", ["none", "zoom 1.1", "zoom 1.2", "zoom 1.3"]),
+                       ("mean of all", list(variants))):
+        print(f"{name:34s} test AUC {roc_auc_score(y, np.mean([variants[k] for k in keys], 0)):.4f}")
+
+
+def test_bn(args: argparse.Namespace) -> None:
+    import copy
+
+    import torch
+    from sklearn.metrics import roc_auc_score
+
+    from pneumoscope import load_checkpoint
+
+    ckpt = load_checkpoint(args.checkpoint)
+    images, y = _test_set(ckpt, args.data)
+    adapted = copy.deepcopy(ckpt.model)
+    for m in adapted.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.reset_running_stats()
+            m.momentum = None  # a plain average over the test batches
+    adapted.train()
+    with torch.no_grad():
+        for i in range(0, len(images), 32):
+            adapted(ckpt.preprocessing.normalize(images[i:i + 32]))
+    adapted.eval()
+    for name, p in (("stored BatchNorm statistics", _probs(ckpt, images)),
+                    ("re-estimated on the test images", _probs(ckpt, images, adapted))):
+        called = p >= ckpt.threshold
+        print(f"{name:32s} AUC {roc_auc_score(y, p):.4f}  sensitivity {called[y].mean():.3f}  "
+              f"specificity {(~called[~y]).mean():.3f}")
+
+
+def fullres(args: argparse.Namespace) -> None:
+    import io
+
+    import torch
+    from PIL import Image
+
+    from pneumoscope import load_checkpoint
+    from pneumoscope.data.io import read_image
+
+    ckpt = load_checkpoint(args.checkpoint)
+
+    def prob(gray: np.ndarray) -> float:
+        with torch.no_grad():
+            return float((ckpt.model(ckpt.preprocessing(gray)[None]) / ckpt.temperature).softmax(1)[0, 1])
+
+    print(f"threshold {ckpt.threshold:.3f}; 'as trained' = resized to 224 x 224 and re-encoded as JPEG first")
+    for path in sorted(p for p in (args.data / "kaggle_val_fullres").glob("*/*") if p.is_file()):
+        gray = read_image(path)
+        buf = io.BytesIO()
+        Image.fromarray((gray * 255).round().astype(np.uint8)).resize((224, 224), Image.BILINEAR).save(buf, "JPEG", quality=75)
+        as_trained = np.asarray(Image.open(buf).convert("L"), dtype=np.float32) / 255
+        print(f"{path.parent.name:9s} {path.name:32s} {gray.shape[1]}x{gray.shape[0]}  P {prob(gray):.3f}  "
+              f"as trained {prob(as_trained):.3f}")
+
+
+def otsu(values: np.ndarray, bins: int = 256) -> float:
+    """Otsu's threshold of values in [0, 1]."""
+    hist, edges = np.histogram(values, bins=bins, range=(0, 1))
+    p = hist / hist.sum()
+    w0, mu = np.cumsum(p), np.cumsum(p * np.arange(bins))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        between = (mu[-1] * w0 - mu) ** 2 / (w0 * (1 - w0))
+    return float(edges[int(np.nanargmax(between)) + 1])
+
+
+def lung_box(gray: np.ndarray, margin: float = 0.06, min_frac: float = 0.2) -> tuple[int, int, int, int]:
+    """An unsupervised lung-field box (y0, y1, x0, x1); the whole image when nothing sensible is found.
+
+    Background = the darkest pixels connected to the border; lungs = the two largest regions
+    darker than Otsu's threshold inside the body, away from the border; the box is made
+    symmetric about the body's midline (so one lung found still frames the chest), plus a margin.
+    """
+    from scipy import ndimage as ndi
+
+    h, w = gray.shape
+    img = ndi.gaussian_filter(gray.astype(np.float32), sigma=max(h, w) / 100)
+    lab, _ = ndi.label(img < np.percentile(img, 3) + 0.04)
+    edge = np.unique(np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]]))
+    body = ~np.isin(lab, edge[edge > 0])
+    dark = (img < otsu(img[body] if body.any() else img)) & body
+    b = max(2, h // 20)
+    dark[:b] = dark[-b:] = False
+    dark[:, :b] = dark[:, -b:] = False
+    lab, n = ndi.label(ndi.binary_opening(dark, iterations=max(1, h // 56)))
+    sizes = ndi.sum(np.ones_like(lab), lab, index=np.arange(1, n + 1)) if n else np.array([])
+    keep = [i + 1 for i in np.argsort(sizes)[::-1][:2] if sizes[i] > 0.01 * h * w]
+    if not keep:
+        return 0, h, 0, w
+    ys, xs = np.nonzero(np.isin(lab, keep))
+    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    cols = np.nonzero(body.any(0))[0]
+    c = (cols.min() + cols.max() + 1) / 2 if cols.size else w / 2
+    x0, x1 = int(max(0, min(x0, 2 * c - x1))), int(min(w, max(x1, 2 * c - x0)))
+    my, mx = int(margin * (y1 - y0)), int(margin * (x1 - x0))
+    y0, y1, x0, x1 = max(0, y0 - my), min(h, y1 + my), max(0, x0 - mx), min(w, x1 + mx)
+    if (y1 - y0) * (x1 - x0) < min_frac * h * w:
+        return 0, h, 0, w
+    return int(y0), int(y1), int(x0), int(x1)
+
+
+def lung_crop_stats(args: argparse.Namespace) -> None:
+    from pneumoscope.data.io import read_image
+
+    root = args.data / "chest_xray_224"
+    for split in ("train", "test"):
+        for cls in ("NORMAL", "PNEUMONIA"):
+            files = sorted(p for p in (root / split / cls).iterdir() if p.is_file())[:: args.every]
+            rows = []
+            for p in files:
+                gray = read_image(p)
+                y0, y1, x0, x1 = lung_box(gray)
+                h, w = gray.shape
+                rows.append(((y1 - y0) * (x1 - x0) / (h * w), (y1 - y0, x1 - x0) == (h, w)))
+            a = np.array(rows, dtype=np.float64)
+            print(f"{split}/{cls:9s} n={len(rows):4d}  box area {a[:, 0].mean():.3f} of the image  "
+                  f"whole image (nothing found) {a[:, 1].mean():.0%}")
+
+
+def corner_dataset(args: argparse.Namespace) -> None:
+    from PIL import Image
+
+    src, out = args.data / "chest_xray_224", Path(args.out)
+    n = 0
+    for p in sorted(src.glob("*/*/*")):
+        g = np.asarray(Image.open(p).convert("L")).copy()
+        k = int(round(args.fraction * g.shape[0]))
+        fill = int(np.median(g))
+        g[:k, :k] = g[:k, -k:] = g[-k:, :k] = g[-k:, -k:] = fill
+        target = out / p.relative_to(src).with_suffix(".png")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(g).save(target)
+        n += 1
+    print(f"wrote {n} images with {args.fraction:.0%} corners filled to {out}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", type=Path, default=DATA, help="the folder holding chest_xray_224/ and kaggle_val_fullres/")
+    sub = ap.add_subparsers(dest="probe", required=True)
+    for name, fn in (("tta", tta), ("test-bn", test_bn), ("fullres", fullres)):
+        p = sub.add_parser(name)
+        p.add_argument("checkpoint")
+        p.set_defaults(fn=fn)
+    p = sub.add_parser("lung-crop-stats")
+    p.add_argument("--every", type=int, default=4, help="every Nth image of each class")
+    p.set_defaults(fn=lung_crop_stats)
+    p = sub.add_parser("corner-dataset")
+    p.add_argument("out")
+    p.add_argument("--fraction", type=float, default=0.14, help="side of each corner square, of the image side")
+    p.set_defaults(fn=corner_dataset)
+    args = ap.parse_args(argv)
+    args.fn(args)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
