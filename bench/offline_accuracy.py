@@ -33,8 +33,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-AVX2_ENV = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
-
 # Issue 13's goals, on the held-out half of the official test split, for every seed.
 GOALS = {"accuracy": 0.95, "roc_auc": 0.988, "sensitivity": 0.95, "specificity": 0.92}
 # Training time goals (minutes): 2-core CPU without native bf16, CPU with AMX, one H200.
@@ -44,13 +42,13 @@ TIME_GOALS_MIN = {"avx2": 20, "amx": 8, "h200": 3}
 def hardware() -> dict:
     import torch
 
-    from pneumoscope.runtime import cpu_isa, cpu_summary
+    from pneumoscope.runtime import cpu_isa, cpu_model, cpu_summary
 
     info = {
         "platform": platform.platform(),
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "cpu": _cpu_name(),
+        "cpu": cpu_model(),
         "cpu_summary": cpu_summary(),
         "cpu_flags": cpu_isa(),
         "cpu_count": os.cpu_count(),
@@ -59,16 +57,6 @@ def hardware() -> dict:
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -88,10 +76,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
 
-    if args.emulate_avx2 and os.environ.get("ONEDNN_MAX_CPU_ISA") != "AVX2":
-        # The caps must be in the environment before torch loads oneDNN: start again with them.
-        argv_ = [a for a in (sys.argv[1:] if argv is None else argv)]
-        os.execve(sys.executable, [sys.executable, __file__, *argv_], {**os.environ, **AVX2_ENV})
+    from pneumoscope.runtime import AVX2_ONLY_ENV
+
+    if args.emulate_avx2 and any(os.environ.get(k) != v for k, v in AVX2_ONLY_ENV.items()):
+        # The caps must be in the environment before torch starts: start again with them.
+        cli_args = sys.argv[1:] if argv is None else argv
+        os.execve(sys.executable, [sys.executable, __file__, *cli_args], {**os.environ, **AVX2_ONLY_ENV})
     if args.emulate_avx2:
         args.precision = "fp32"
 
@@ -153,10 +143,11 @@ def run_one(args: argparse.Namespace, seed: int | None, out: Path) -> dict:
 
     if args.checkpoint:
         from pneumoscope.checkpoint import read_metadata
+        from pneumoscope.config import config_with_overrides
 
         meta = read_metadata(args.checkpoint)
         if meta.get("config"):
-            cfg = load_config(meta["config"])
+            cfg = config_with_overrides(meta["config"], {})  # report what the model was trained with
         ckpt, summary, t_train = args.checkpoint, meta.get("info", {}), 0.0
     elif args.run:
         run = Path(args.run)
