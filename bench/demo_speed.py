@@ -33,9 +33,8 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src"
 sys.path.insert(0, str(SRC))
 
-from pneumoscope.runtime import cpu_isa, cpu_model  # noqa: E402
+from pneumoscope.runtime import AVX2_ONLY_ENV, cpu_isa, cpu_model  # noqa: E402
 
-AVX2_ENV = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
 GOALS = {"accuracy": 0.95, "pointing": 0.85}
 
 
@@ -90,7 +89,7 @@ def main() -> int:
 
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")]))}
     if args.emulate_avx2:
-        env.update(AVX2_ENV)
+        env.update(AVX2_ONLY_ENV)
     precision = args.precision or ("fp32" if args.emulate_avx2 else "auto")
     mode = "emulated AVX2 (oneDNN/ATen/MKL capped)" if args.emulate_avx2 else "native"
     print(f"CPU: {cpu_line()}")

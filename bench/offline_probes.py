@@ -27,14 +27,12 @@ DATA = ROOT.parent / "shared" / "data"
 
 
 def _test_set(ckpt, data: Path):
-    import torch
-
-    from pneumoscope.data.io import read_image
+    """The development test split as the model sees it: (N, S, S) uint8 images and PNEUMONIA labels."""
+    from pneumoscope.data.dataset import decode_images
 
     files = sorted(p for p in (data / "chest_xray_224" / "test").glob("*/*") if p.is_file())
     y = np.array([p.parent.name == "PNEUMONIA" for p in files])
-    images = torch.stack([ckpt.preprocessing.to_uint8(read_image(p)) for p in files])
-    return images, y
+    return decode_images(files, ckpt.preprocessing, progress=False), y
 
 
 def _probs(ckpt, images, model=None):

@@ -25,7 +25,7 @@ from torch import nn
 from .data.transforms import Preprocessing
 from .errors import CheckpointError, PneumoscopeError
 from .fileio import atomic_path
-from .zoo import is_shipped, resolve_checkpoint, shipped_names
+from .zoo import check_writable, resolve_checkpoint, shipped_names
 
 FORMAT = "pneumoscope.checkpoint"
 FORMAT_VERSION = 2
@@ -145,8 +145,7 @@ def update_checkpoint(
     meta = read_metadata(p)
     _check_temperature(temperature, p)
     target = p if out is None else Path(out)
-    if is_shipped(target):
-        raise CheckpointError(f"{p}: a shipped model is read-only; write the updated checkpoint elsewhere (--out FILE)")
+    check_writable(target, p)
     try:
         state = load_file(str(p))
     except Exception as exc:

@@ -18,6 +18,11 @@ from .errors import ConfigError
 
 PRECISIONS = ("auto", "fp32", "bf16")
 
+#: The environment that makes a newer CPU compute as an AVX2-only one: oneDNN's instruction-set cap,
+#: ATen's kernel dispatch and MKL's. It must be set before torch starts, so benchmarks pass it to a
+#: new process; it emulates the instruction set, not the clock or caches of an older CPU.
+AVX2_ONLY_ENV = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
+
 
 def available_cores() -> int:
     """CPU cores this process may run on (its affinity mask where the OS has one), at least 1."""

@@ -251,12 +251,11 @@ def recalibrate(
     from ..data.transforms import Preprocessing
     from ..errors import CheckpointError, ConfigError
 
-    from ..zoo import is_shipped, resolve_checkpoint
+    from ..zoo import check_writable, resolve_checkpoint
 
     ckpt = resolve_checkpoint(checkpoint)
-    if out is None and is_shipped(ckpt):
-        # Before any decoding: the refusal would otherwise come only when writing.
-        raise CheckpointError(f"{checkpoint}: a shipped model is read-only; give --out FILE for the recalibrated copy")
+    if out is None:
+        check_writable(ckpt, checkpoint)  # before any decoding, not only when writing at the end
     meta = read_metadata(ckpt)
     stored = meta.get("config") or {}
     source = val_source or stored.get("data", {}).get("val_source", "split")

@@ -80,6 +80,19 @@ def is_shipped(path: str | Path) -> bool:
         return False
 
 
+def check_writable(target: str | Path, shown: str | Path | None = None) -> None:
+    """Refuse to write ``target`` when it is a shipped model's file.
+
+    Raises:
+        CheckpointError: naming ``shown`` (default: ``target``) and how to write a copy instead.
+    """
+    if is_shipped(target):
+        from ..errors import CheckpointError
+
+        raise CheckpointError(f"{shown or target}: a shipped model is read-only; write the updated checkpoint "
+                              "elsewhere (--out FILE)")
+
+
 def shipped_names() -> str:
     """The shipped models' names for error messages: ``a, b`` or ``none``."""
     return ", ".join(m.name for m in shipped_models()) or "none"
