@@ -22,6 +22,7 @@ class Recorder(L.Callback):
     def __init__(self, folder: str, kill_at_step: int = 0) -> None:
         self.folder = Path(folder)
         self.kill_at_step = kill_at_step
+        self.rank = 0
 
     def _write(self, trainer: L.Trainer, record: dict) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -43,6 +44,7 @@ class Recorder(L.Callback):
                               "n_val": int(len(pl_module.val_ids))})
 
     def on_fit_end(self, trainer, pl_module) -> None:
+        self.rank = trainer.global_rank
         self._write(trainer, {"kind": "end", "epoch": trainer.current_epoch, "should_stop": bool(trainer.should_stop),
                               "world_size": trainer.world_size})
 
@@ -52,9 +54,15 @@ def main(spec_path: str) -> None:
     from pneumoscope.training import train
 
     spec = json.loads(Path(spec_path).read_text())
+    import torch.distributed as td
+
     cfg = load_config(None, spec["overrides"])
-    train(cfg, spec["data"], spec["out"], resume=spec.get("resume", False), progress=False,
-          callbacks=[Recorder(spec["record"], spec.get("kill_at_step", 0))])
+    recorder = Recorder(spec["record"], spec.get("kill_at_step", 0))
+    train(cfg, spec["data"], spec["out"], resume=spec.get("resume", False), progress=False, callbacks=[recorder])
+    # A process group still alive at exit can abort the process at shutdown (SIGABRT).
+    with open(Path(spec["record"]) / f"rank{recorder.rank}.jsonl", "a", encoding="utf-8") as fh:
+        fh.write(json.dumps({"kind": "exit", "group_alive": td.is_available() and td.is_initialized(),
+                             "summary_written": (Path(spec["out"]) / "summary.json").is_file()}) + "\n")
 
 
 if __name__ == "__main__":

@@ -47,6 +47,9 @@ def _check_ddp_run(out: Path, rec: Path, n_train: int, train_ids: set[int], worl
     assert all(v == vals[0] for v in vals), "validation metrics differ between ranks"
     ends = [[(r["epoch"], r["should_stop"]) for r in rk if r["kind"] == "end"] for rk in ranks]
     assert all(e == ends[0] for e in ends), "ranks stopped at different epochs"
+    # Every rank left its process group before exiting, and returned only once rank 0's files were written.
+    exits = [[r for r in rk if r["kind"] == "exit"] for rk in ranks]
+    assert all(len(e) == 1 and not e[0]["group_alive"] and e[0]["summary_written"] for e in exits), exits
     assert [p.name for p in out.glob("*.ckpt")] == ["best.ckpt"]
     assert sorted(p.name for p in (out / "state").glob("*.ckpt")) == ["stage1-last.ckpt"]
     summary = json.loads((out / "summary.json").read_text())

@@ -121,3 +121,28 @@ def quiet_lightning(*messages: str) -> Iterator[None]:
     finally:
         for lg, lvl in zip(loggers, levels):
             lg.setLevel(lvl)
+
+
+@contextlib.contextmanager
+def process_group_scope() -> Iterator[None]:
+    """Ends, on leaving the block, a process group that Lightning started inside it.
+
+    Lightning joins the process group when a Trainer first runs and never leaves it. A process
+    that then exits with its gloo group still alive can abort at interpreter shutdown (SIGABRT,
+    "terminate called without an active exception"), so a two-node torchrun job whose work
+    succeeded could still fail. On success every rank first waits for the others (so when a
+    rank returns, rank 0's files are written too), then leaves; after an error it leaves at
+    once, since a peer may be gone. A group the caller had already started is left alone.
+    """
+    import torch.distributed as td
+
+    owned = td.is_available() and not td.is_initialized()
+    ok = False
+    try:
+        yield
+        ok = True
+    finally:
+        if owned and td.is_initialized():
+            if ok:
+                td.barrier()
+            td.destroy_process_group()

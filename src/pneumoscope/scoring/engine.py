@@ -30,7 +30,7 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 from ..checkpoint import Checkpoint, load_checkpoint
-from ..distributed import DistributedConfig, quiet_lightning, trainer_kwargs
+from ..distributed import DistributedConfig, process_group_scope, quiet_lightning, trainer_kwargs
 from ..errors import ConfigError
 from ..fileio import atomic_write_text
 from ..inference import Predictor, unique_stem, write_explanation
@@ -283,7 +283,8 @@ def score(job: ScoringJob) -> ScoringResult:
 
     module, seconds = None, 0.0
     if todo or dist.world_size > 1:  # every rank of a DDP job must enter the loop, even with nothing left
-        module, is_zero, seconds = _run(job, dist, device, ckpt, store, stems, settings, todo, explain_args)
+        with process_group_scope():  # the ranks leave the group together once every part file is written
+            module, is_zero, seconds = _run(job, dist, device, ckpt, store, stems, settings, todo, explain_args)
     else:
         is_zero = _is_global_zero()
     if not is_zero:

@@ -30,7 +30,7 @@ from ..checkpoint import CLASS_NAMES, save_checkpoint
 from ..config import Config, _merge, dump_config
 from ..data.source import SourceDataModule, open_training_data
 from ..data.transforms import Preprocessing
-from ..distributed import quiet_lightning, trainer_kwargs
+from ..distributed import process_group_scope, quiet_lightning, trainer_kwargs
 from ..errors import ConfigError, DataError
 from ..fileio import atomic_path, atomic_write_text
 from ..models import create_model, get_model_info
@@ -217,6 +217,12 @@ def train(
     ``summary.json``; resumable state lives in ``out/state/``. ``callbacks`` are added to every
     stage's Trainer.
     """
+    with process_group_scope():
+        return _train(cfg, data, out, resume, progress, callbacks)
+
+
+def _train(cfg: Config, data: str | Path, out: str | Path, resume: bool, progress: bool,
+           callbacks: Sequence[L.Callback]) -> TrainResult:
     t0 = time.perf_counter()
     cfg.validate()
     out = Path(out)
