@@ -202,7 +202,8 @@ def _run(
     clock.lap("synth")
     log(f"[2/5] training {cfg.model.backbone} at {cfg.data.image_size} px")
     result = train(cfg, data_root, out / "run", progress=progress)
-    log(f"      best val_loss {result.best_val_loss:.4f} at epoch {result.best_epoch} ({result.seconds:.0f} s)")
+    kept = "last" if cfg.train.select == "last" else "best"
+    log(f"      kept the {kept} epoch, {result.best_epoch}: val_loss {result.best_val_loss:.4f} ({result.seconds:.0f} s)")
     if result.summary.get("calibration_summary"):
         log(f"      {result.summary['calibration_summary']}")
     clock.lap("train")
@@ -304,7 +305,8 @@ def _run(
         "model": f"{cfg.model.backbone} (weights: {cfg.model.weights})",
         "image size": cfg.data.image_size,
         "training": f"{result.summary['n_train']} train / {result.summary['n_val']} val images, "
-                    f"{result.summary['epochs_run']} epochs, best epoch {result.best_epoch}",
+                    f"{result.summary['epochs_run']} epochs, kept epoch {result.best_epoch} "
+                    f"({'the last' if cfg.train.select == 'last' else 'lowest val_loss'})",
         "explanation": f"{METHOD_TITLES[method]} at {predictor.ckpt.target_layer}, red top-5% hotspot (the seed's style)",
         "device / precision": f"{predictor.device} / {predictor.precision}",
         "CPU": cpu_summary(),

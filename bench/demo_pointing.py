@@ -1,0 +1,149 @@
+"""How well the demo's models point at lesions, measured on many fresh phantoms.
+
+The demo scores the pointing game on its own 60 PNEUMONIA test phantoms, so its figure moves
+by about 4 points from sampling alone (binomial standard error at 0.88 of 60). This bench
+separates the model from that noise: it trains the demo's model once per seed (the demo
+itself, without the shortcut check, `--set` overrides applied), then scores each model on a
+fixed, much larger set of fresh phantoms drawn with another seed (900 lesions by default):
+
+- ``pointing``: the demo's Grad-CAM for the PNEUMONIA class, its maximum inside the lesion
+  grown by 2 px, as the demo scores it;
+- ``flip``: the same map averaged with the map of the mirrored image (mirrored back);
+- ``accuracy``: at the checkpoint's stored threshold, on all fresh images.
+
+    python bench/demo_pointing.py --seeds 0 1 2 3 4 5 6 7 8 9 --out bench-out/pointing
+    python bench/demo_pointing.py --seeds 0 1 2 --set train.select=best --out bench-out/pointing-best
+    python bench/demo_pointing.py --emulate-avx2 --threads 1 --seeds 0 1 ...   # as docs/benchmarks/demo-speed.md
+
+``--emulate-avx2`` re-executes the script with oneDNN, ATen and MKL capped at AVX2 and trains
+in fp32; ``--threads`` sets the threads per run (runs with 1 and 2 threads round differently,
+so each is its own draw of the training).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+sys.path.insert(0, str(SRC))
+
+from pneumoscope.runtime import AVX2_ONLY_ENV  # noqa: E402
+
+FRESH_SEED = 987654  # never a demo seed
+
+
+def _parse_sets(pairs: list[str]) -> dict[str, object]:
+    import yaml
+
+    out: dict[str, object] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"--set {pair!r}: expected KEY=VALUE")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def _lesion_set(root: Path, split: str, prep):
+    import numpy as np
+    from PIL import Image
+
+    from pneumoscope.data.dataset import decode_images
+
+    paths = sorted((root / split / "PNEUMONIA").glob("*.png"))
+    masks = [np.asarray(Image.open(root / "masks" / split / "PNEUMONIA" / p.name).convert("L")
+                        .resize((prep.image_size,) * 2, Image.NEAREST)) > 127 for p in paths]
+    return prep.normalize(decode_images(paths, prep, progress=False)), masks
+
+
+def score(ckpt_path: Path, fresh: Path) -> dict[str, float]:
+    import numpy as np
+    import torch
+
+    from pneumoscope.data.dataset import decode_images
+    from pneumoscope.demo import localisation_scores
+    from pneumoscope.explanation.cam import explain
+    from pneumoscope.inference import Predictor
+
+    pred = Predictor(ckpt_path, precision="fp32")
+    prep, model = pred.ckpt.preprocessing, pred.ckpt.model.eval()
+    x, masks = _lesion_set(fresh, "test", prep)
+
+    def raw(inp):
+        e = explain(model, inp, method="gradcam", layer=pred.ckpt.target_layer, target="PNEUMONIA", precision="fp32",
+                    class_names=pred.ckpt.class_names, temperature=pred.temperature)
+        return e.raw.cpu().numpy()
+
+    plain = raw(x)
+    flipped = (plain + raw(x.flip(-1))[..., ::-1]) / 2
+    paths, labels = [], []
+    for label, cls in enumerate(pred.ckpt.class_names):
+        found = sorted((fresh / "test" / cls).glob("*.png"))
+        paths += found
+        labels += [label] * len(found)
+    xa = prep.normalize(decode_images(paths, prep, progress=False))
+    with torch.no_grad():
+        p = torch.cat([(model(xa[i:i + 256]) / pred.temperature).softmax(1)[:, 1] for i in range(0, len(xa), 256)])
+    return {
+        "lesions": len(masks),
+        "pointing": localisation_scores(list(plain), masks)["pointing"],
+        "flip": localisation_scores(list(flipped), masks)["pointing"],
+        "accuracy": float(((p.numpy() >= pred.threshold).astype(int) == np.array(labels)).mean()),
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--out", type=Path, default=Path("bench-out/demo-pointing"))
+    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                    help="override of configs/demo.yaml, e.g. train.select=best")
+    ap.add_argument("--fresh", type=int, default=2000, help="fresh phantoms to draw (90 %% test, half with lesions)")
+    ap.add_argument("--emulate-avx2", action="store_true", help="cap oneDNN/ATen/MKL at AVX2 and train in fp32")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads per run (0: the default)")
+    args = ap.parse_args()
+    if args.emulate_avx2 and os.environ.get("ONEDNN_MAX_CPU_ISA") != "AVX2":
+        env = {**os.environ, **AVX2_ONLY_ENV}
+        os.execve(sys.executable, [sys.executable, *sys.argv], env)
+    import torch
+
+    from pneumoscope.data.synth import synth_dataset
+    from pneumoscope.demo import run_demo
+    from pneumoscope.runtime import cpu_isa, cpu_model
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    overrides = _parse_sets(args.sets)
+    if args.emulate_avx2:
+        overrides.setdefault("train.precision", "fp32")
+    fresh = args.out / "fresh"
+    if not (fresh / "manifest.csv").is_file():
+        synth_dataset(fresh, n=args.fresh, size=128, seed=FRESH_SEED, difficulty=0.25, splits=(0.05, 0.05, 0.9))
+    isa = " ".join(f"{k} {'yes' if v else 'no'}" for k, v in cpu_isa().items())
+    print(f"CPU: {cpu_model()} | {isa}{' | oneDNN/ATen/MKL capped at AVX2' if args.emulate_avx2 else ''}")
+    print(f"overrides: {overrides or 'none'}")
+    rows = []
+    for seed in args.seeds:
+        demo = run_demo(args.out / f"seed{seed}", seed=seed, overrides=overrides, shortcut=False, progress=False,
+                        replace=True)
+        row = {"seed": seed, "demo_accuracy": demo.metrics["accuracy"],
+               "demo_pointing": (demo.localisation or {}).get("pointing"),
+               "kept_epoch": json.loads((args.out / f"seed{seed}" / "run" / "summary.json").read_text())["best_epoch"],
+               **score(args.out / f"seed{seed}" / "run" / "best.ckpt", fresh)}
+        rows.append(row)
+        print(f"seed {seed}: kept epoch {row['kept_epoch']}; demo test accuracy {row['demo_accuracy']:.3f}, "
+              f"pointing {row['demo_pointing']:.2f} of 60 | fresh {row['lesions']} lesions: pointing "
+              f"{row['pointing']:.3f}, with flip {row['flip']:.3f}; accuracy {row['accuracy']:.3f}", flush=True)
+    for key in ("pointing", "flip", "accuracy", "demo_pointing"):
+        vals = [r[key] for r in rows]
+        print(f"{key}: min {min(vals):.3f}  mean {sum(vals) / len(vals):.3f}  max {max(vals):.3f}")
+    (args.out / "demo_pointing.json").write_text(json.dumps({"overrides": overrides, "rows": rows}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
