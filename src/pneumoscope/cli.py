@@ -493,7 +493,9 @@ def demo(
     m = r.metrics
     _say(f"accuracy {m['accuracy']:.3f}  ROC AUC {m['roc_auc']:.3f}")
     if r.localisation:
-        _say(f"{method} pointing game on lesions: {r.localisation['pointing']:.0%} of {r.localisation['n']} images")
+        lo, hi = r.localisation["pointing_ci95"]
+        _say(f"{method} pointing game on lesions: {r.localisation['pointing']:.0%} of {r.localisation['n']} images "
+             f"(95 % interval {lo:.0%}-{hi:.0%})")
     if r.shortcut is not None:
         c = r.shortcut
         _say(f"shortcut model: accuracy {c.accuracy_marked:.0%} with the marker, {c.accuracy_clean:.0%} without; "

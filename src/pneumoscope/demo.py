@@ -102,10 +102,12 @@ def localisation_scores(cam_maps: list[np.ndarray], masks: list[np.ndarray]) -> 
     """How well maps point at known lesions.
 
     ``pointing``: share of images whose map maximum falls inside the lesion (dilated by 2 px
-    for the map's coarse resolution); ``hotspot_in_lesion``: mean share of the drawn
-    hotspot's mass that lies inside the lesion mask.
+    for the map's coarse resolution), with ``pointing_ci95``, its Wilson 95 % interval (60
+    lesions leave a figure of 0.88 uncertain by about +-0.08); ``hotspot_in_lesion``: mean
+    share of the drawn hotspot's mass that lies inside the lesion mask.
     """
     from scipy.ndimage import binary_dilation
+    from scipy.stats import binomtest
 
     hits, mass = [], []
     for raw, mask in zip(cam_maps, masks):
@@ -116,9 +118,11 @@ def localisation_scores(cam_maps: list[np.ndarray], masks: list[np.ndarray]) -> 
         total = float(act.sum())
         mass.append(float(act[mask].sum() / total) if total > 0 else 0.0)
     n = len(hits)
+    ci = binomtest(int(sum(hits)), n).proportion_ci(method="wilson") if n else None
     return {
         "n": n,
         "pointing": float(np.mean(hits)) if n else None,
+        "pointing_ci95": [float(ci.low), float(ci.high)] if ci is not None else None,
         "hotspot_in_lesion": float(np.mean(mass)) if n else None,
     }
 
@@ -273,7 +277,8 @@ def _run(
             "Do the explanations point at the lesions?",
             f"<p>On the {loc['n']} PNEUMONIA test phantoms, whose planted lesions are known (cyan outlines in "
             f"the gallery), the maximum of the {METHOD_TITLES[method]} map for the PNEUMONIA class falls inside the lesion for "
-            f"<b>{loc['pointing']:.0%}</b> of images (pointing game, lesion dilated by 2 px for the map's coarse "
+            f"<b>{loc['pointing']:.0%}</b> of images (95 % interval {loc['pointing_ci95'][0]:.0%}-"
+            f"{loc['pointing_ci95'][1]:.0%}; pointing game, lesion dilated by 2 px for the map's coarse "
             f"grid), and <b>{loc['hotspot_in_lesion']:.0%}</b> of the red top-5% hotspot's mass lies inside the "
             "lesion on average. The gallery shows the map of the predicted class, as the seed drew it.</p>",
         ))
@@ -343,6 +348,7 @@ def _write_summary(
         "accuracy": metrics.get("accuracy"),
         "roc_auc": metrics.get("roc_auc"),
         "pointing": None if loc is None else loc.get("pointing"),
+        "pointing_ci95": None if loc is None else loc.get("pointing_ci95"),
         "hotspot_in_lesion": None if loc is None else loc.get("hotspot_in_lesion"),
         "shortcut": None if check is None else {
             "accuracy_marked": check.accuracy_marked, "accuracy_clean": check.accuracy_clean,
