@@ -5,6 +5,7 @@
     python bench/offline_probes.py fullres CKPT             # the 16 full-resolution originals of the official val split
     python bench/offline_probes.py lung-crop-stats          # does an unsupervised lung crop depend on the class?
     python bench/offline_probes.py corner-dataset OUT       # a copy of the data with the four corners filled
+    python bench/offline_probes.py step-cost [--emulate-avx2]   # ms per image of a training step, and of the augmentation
 
 CKPT is a checkpoint file or a shipped model (``kaggle-offline-v2``). ``--data`` defaults to
 ``../shared/data`` beside the checkout. ``corner-dataset`` writes a dataset to train on with
@@ -16,6 +17,7 @@ and is never a headline figure.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -209,6 +211,56 @@ def corner_dataset(args: argparse.Namespace) -> None:
     print(f"wrote {n} images with {args.fraction:.0%} corners filled to {out}")
 
 
+def step_cost(args: argparse.Namespace) -> None:
+    """Milliseconds per image of offline.yaml's training step (ResNet-18, AdamW, batch 32, fp32,
+    channels-last as training runs it) at each size and ``trainable_from``, and of the batched
+    augmentation at 96 px. Run with ``--emulate-avx2`` for an AVX2-only CPU."""
+    import time
+
+    import torch
+    import torch.nn.functional as F
+
+    from pneumoscope import create_model
+    from pneumoscope.config import load_config
+    from pneumoscope.data.transforms import augment_batch
+    from pneumoscope.runtime import cpu_summary
+
+    def per_image(fn, batch: int, repeats: int = 6) -> float:
+        for _ in range(2):
+            fn()
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            fn()
+        return (time.perf_counter() - t0) / repeats / batch * 1000
+
+    torch.manual_seed(0)
+    print(cpu_summary())
+    for size, trainable in ((96, "all"), (128, "all"), (128, "layer2"), (128, "layer3")):
+        model = create_model("resnet18").to(memory_format=torch.channels_last)
+        model.set_trainable(trainable)
+        model.train()
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], 1e-3)
+        x = torch.randn(32, 3, size, size).to(memory_format=torch.channels_last)
+        y = torch.randint(0, 2, (32,))
+
+        def step() -> None:
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+        print(f"training step, {size} px, trainable from {trainable}: {per_image(step, 32):.2f} ms/image")
+    cfg = load_config(ROOT / "configs" / "offline.yaml")
+    raw = torch.randint(0, 256, (32, 1, 128, 128), dtype=torch.uint8)
+    gen = torch.Generator().manual_seed(0)
+
+    def augment() -> None:
+        x = F.interpolate(raw.float().div_(255.0), size=(96, 96), mode="bilinear", antialias=True, align_corners=False)
+        augment_batch(x, cfg.data.augment, generator=gen)
+
+    print(f"augmentation at 96 px (resize from 128 + offline.yaml's augment): {per_image(augment, 32, 30):.2f} ms/image")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, default=DATA, help="the folder holding chest_xray_224/ and kaggle_val_fullres/")
@@ -224,7 +276,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("out")
     p.add_argument("--fraction", type=float, default=0.14, help="side of each corner square, of the image side")
     p.set_defaults(fn=corner_dataset)
+    p = sub.add_parser("step-cost")
+    p.add_argument("--emulate-avx2", action="store_true", help="cap oneDNN/ATen/MKL at AVX2 (re-executes this script)")
+    p.set_defaults(fn=step_cost)
     args = ap.parse_args(argv)
+    if getattr(args, "emulate_avx2", False) and os.environ.get("ONEDNN_MAX_CPU_ISA") != "AVX2":
+        from pneumoscope.runtime import AVX2_ONLY_ENV
+
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **AVX2_ONLY_ENV})
     args.fn(args)
     return 0
 
