@@ -53,9 +53,9 @@ def main(spec_path: str) -> None:
     from pneumoscope.config import load_config
     from pneumoscope.training import train
 
-    spec = json.loads(Path(spec_path).read_text())
     import torch.distributed as td
 
+    spec = json.loads(Path(spec_path).read_text())
     cfg = load_config(None, spec["overrides"])
     recorder = Recorder(spec["record"], spec.get("kill_at_step", 0))
     train(cfg, spec["data"], spec["out"], resume=spec.get("resume", False), progress=False, callbacks=[recorder])

@@ -206,8 +206,8 @@ def _run(
     clock.lap("synth")
     log(f"[2/5] training {cfg.model.backbone} at {cfg.data.image_size} px")
     result = train(cfg, data_root, out / "run", progress=progress)
-    kept = "last" if cfg.train.select == "last" else "best"
-    log(f"      kept the {kept} epoch, {result.best_epoch}: val_loss {result.best_val_loss:.4f} ({result.seconds:.0f} s)")
+    kept = "the last epoch" if cfg.train.select == "last" else "the lowest-val_loss epoch"
+    log(f"      kept {kept}, {result.best_epoch}: val_loss {result.best_val_loss:.4f} ({result.seconds:.0f} s)")
     if result.summary.get("calibration_summary"):
         log(f"      {result.summary['calibration_summary']}")
     clock.lap("train")
@@ -310,8 +310,7 @@ def _run(
         "model": f"{cfg.model.backbone} (weights: {cfg.model.weights})",
         "image size": cfg.data.image_size,
         "training": f"{result.summary['n_train']} train / {result.summary['n_val']} val images, "
-                    f"{result.summary['epochs_run']} epochs, kept epoch {result.best_epoch} "
-                    f"({'the last' if cfg.train.select == 'last' else 'lowest val_loss'})",
+                    f"{result.summary['epochs_run']} epochs, kept {kept} ({result.best_epoch})",
         "explanation": f"{METHOD_TITLES[method]} at {predictor.ckpt.target_layer}, red top-5% hotspot (the seed's style)",
         "device / precision": f"{predictor.device} / {predictor.precision}",
         "CPU": cpu_summary(),
