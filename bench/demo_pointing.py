@@ -15,6 +15,13 @@ fixed, much larger set of fresh phantoms drawn with another seed (900 lesions by
     python bench/demo_pointing.py --seeds 0 1 2 --set train.select=best --out bench-out/pointing-best
     python bench/demo_pointing.py --emulate-avx2 --threads 1 --seeds 0 1 ...   # as docs/benchmarks/demo-speed.md
 
+``--per-epoch`` traces instead how pointing develops during the demo's training: it draws the
+demo's phantoms for each seed, trains the demo's model on them (the run the demo makes, with a
+probe) and after every epoch scores Grad-CAM pointing on the validation lesions and on the first
+``--probe-lesions`` fresh ones:
+
+    python bench/demo_pointing.py --per-epoch --emulate-avx2 --threads 1 --seeds 1 5 7 8
+
 ``--emulate-avx2`` re-executes the script with oneDNN, ATen and MKL capped at AVX2 and trains
 in fp32; ``--threads`` sets the threads per run (runs with 1 and 2 threads round differently,
 so each is its own draw of the training).
@@ -58,6 +65,61 @@ def _lesion_set(root: Path, split: str, prep):
     masks = [np.asarray(Image.open(root / "masks" / split / "PNEUMONIA" / p.name).convert("L")
                         .resize((prep.image_size,) * 2, Image.NEAREST)) > 127 for p in paths]
     return prep.normalize(decode_images(paths, prep, progress=False)), masks
+
+
+def _pointing(model, layer: str, class_names, x, masks, temperature: float = 1.0) -> float:
+    from pneumoscope.demo import localisation_scores
+    from pneumoscope.explanation.cam import explain
+
+    e = explain(model, x, method="gradcam", layer=layer, target="PNEUMONIA", precision="fp32",
+                class_names=class_names, temperature=temperature)
+    return localisation_scores(list(e.raw.cpu().numpy()), masks)["pointing"]
+
+
+def per_epoch(seed: int, out: Path, fresh: Path, overrides: dict, lesions: int) -> list[dict]:
+    """Train the demo's model on the demo's phantoms for ``seed``, probing pointing after every epoch."""
+    import shutil
+
+    import lightning as L
+
+    from pneumoscope.checkpoint import CLASS_NAMES
+    from pneumoscope.config import load_config
+    from pneumoscope.data.synth import synth_dataset
+    from pneumoscope.data.transforms import Preprocessing
+    from pneumoscope.models import get_model_info
+    from pneumoscope.training import train
+
+    cfg = load_config("demo", overrides)
+    prep = Preprocessing(cfg.data.image_size, tuple(cfg.data.mean), tuple(cfg.data.std), cfg.data.intensity)
+    layer = cfg.model.cam_layer or get_model_info(cfg.model.backbone).default_layer
+    data = out / "data"
+    if not (data / "manifest.csv").is_file():
+        shutil.rmtree(data, ignore_errors=True)
+        synth_dataset(data, n=800, size=cfg.data.image_size, seed=seed, difficulty=0.25)  # as the demo draws them
+    val = _lesion_set(data, "val", prep)
+    far_x, far_masks = _lesion_set(fresh, "test", prep)
+    sets = {"val": val, "fresh": (far_x[:lesions], far_masks[:lesions])}
+    rows: list[dict] = []
+
+    class Probe(L.Callback):
+        def on_validation_end(self, trainer, pl_module) -> None:
+            if trainer.sanity_checking:
+                return
+            model = getattr(pl_module, "eval_model", pl_module.model)
+            was = model.training
+            row = {"epoch": trainer.current_epoch + 1, "val_loss": float(trainer.callback_metrics["val_loss"])}
+            for name, (x, masks) in sets.items():
+                row[name] = _pointing(model, layer, CLASS_NAMES, x, masks)
+            model.train(was)
+            rows.append(row)
+            print(f"seed {seed} epoch {row['epoch']:2d}: val_loss {row['val_loss']:.3f}  pointing on "
+                  f"{len(val[1])} validation lesions {row['val']:.3f}, on {len(sets['fresh'][1])} fresh {row['fresh']:.3f}",
+                  flush=True)
+
+    shutil.rmtree(out / "run", ignore_errors=True)
+    result = train(cfg, data, out / "run", progress=False, callbacks=[Probe()])
+    print(f"seed {seed}: kept epoch {result.best_epoch} ({cfg.train.select})", flush=True)
+    return rows
 
 
 def score(ckpt_path: Path, fresh: Path) -> dict[str, float]:
@@ -105,6 +167,8 @@ def main() -> int:
     ap.add_argument("--fresh", type=int, default=2000, help="fresh phantoms to draw (90 %% test, half with lesions)")
     ap.add_argument("--emulate-avx2", action="store_true", help="cap oneDNN/ATen/MKL at AVX2 and train in fp32")
     ap.add_argument("--threads", type=int, default=0, help="torch threads per run (0: the default)")
+    ap.add_argument("--per-epoch", action="store_true", help="probe pointing after every epoch of training")
+    ap.add_argument("--probe-lesions", type=int, default=400, help="fresh lesions scored per epoch (--per-epoch)")
     args = ap.parse_args()
     if args.emulate_avx2 and os.environ.get("ONEDNN_MAX_CPU_ISA") != "AVX2":
         env = {**os.environ, **AVX2_ONLY_ENV}
@@ -126,6 +190,11 @@ def main() -> int:
     isa = " ".join(f"{k} {'yes' if v else 'no'}" for k, v in cpu_isa().items())
     print(f"CPU: {cpu_model()} | {isa}{' | oneDNN/ATen/MKL capped at AVX2' if args.emulate_avx2 else ''}")
     print(f"overrides: {overrides or 'none'}")
+    if args.per_epoch:
+        traces = {seed: per_epoch(seed, args.out / f"seed{seed}-epochs", fresh, overrides, args.probe_lesions)
+                  for seed in args.seeds}
+        (args.out / "demo_pointing_epochs.json").write_text(json.dumps({"overrides": overrides, "seeds": traces}, indent=2))
+        return 0
     rows = []
     for seed in args.seeds:
         demo = run_demo(args.out / f"seed{seed}", seed=seed, overrides=overrides, shortcut=False, progress=False,
