@@ -56,24 +56,27 @@ def _parse_sets(pairs: list[str]) -> dict[str, object]:
 
 
 def _lesion_set(root: Path, split: str, prep):
-    import numpy as np
-    from PIL import Image
-
     from pneumoscope.data.dataset import decode_images
+    from pneumoscope.explanation.groundtruth import read_mask
 
     paths = sorted((root / split / "PNEUMONIA").glob("*.png"))
-    masks = [np.asarray(Image.open(root / "masks" / split / "PNEUMONIA" / p.name).convert("L")
-                        .resize((prep.image_size,) * 2, Image.NEAREST)) > 127 for p in paths]
+    masks = [read_mask(root / "masks" / split / "PNEUMONIA" / p.name, prep.image_size) for p in paths]
     return prep.normalize(decode_images(paths, prep, progress=False)), masks
 
 
-def _pointing(model, layer: str, class_names, x, masks, temperature: float = 1.0) -> float:
-    from pneumoscope.demo import localisation_scores
+def _cam(model, layer: str, class_names, x, temperature: float = 1.0):
+    """The demo's Grad-CAM for the PNEUMONIA class: raw maps (N, h, w) as numpy."""
     from pneumoscope.explanation.cam import explain
 
     e = explain(model, x, method="gradcam", layer=layer, target="PNEUMONIA", precision="fp32",
                 class_names=class_names, temperature=temperature)
-    return localisation_scores(list(e.raw.cpu().numpy()), masks)["pointing"]
+    return e.raw.cpu().numpy()
+
+
+def _pointing(raw, masks) -> float:
+    from pneumoscope.demo import localisation_scores
+
+    return localisation_scores(list(raw), masks)["pointing"]
 
 
 def per_epoch(seed: int, out: Path, fresh: Path, overrides: dict, lesions: int) -> list[dict]:
@@ -109,7 +112,7 @@ def per_epoch(seed: int, out: Path, fresh: Path, overrides: dict, lesions: int) 
             was = model.training
             row = {"epoch": trainer.current_epoch + 1, "val_loss": float(trainer.callback_metrics["val_loss"])}
             for name, (x, masks) in sets.items():
-                row[name] = _pointing(model, layer, CLASS_NAMES, x, masks)
+                row[name] = _pointing(_cam(model, layer, CLASS_NAMES, x), masks)
             model.train(was)
             rows.append(row)
             print(f"seed {seed} epoch {row['epoch']:2d}: val_loss {row['val_loss']:.3f}  pointing on "
@@ -127,8 +130,6 @@ def score(ckpt_path: Path, fresh: Path) -> dict[str, float]:
     import torch
 
     from pneumoscope.data.dataset import decode_images
-    from pneumoscope.demo import localisation_scores
-    from pneumoscope.explanation.cam import explain
     from pneumoscope.inference import Predictor
 
     pred = Predictor(ckpt_path, precision="fp32")
@@ -136,9 +137,7 @@ def score(ckpt_path: Path, fresh: Path) -> dict[str, float]:
     x, masks = _lesion_set(fresh, "test", prep)
 
     def raw(inp):
-        e = explain(model, inp, method="gradcam", layer=pred.ckpt.target_layer, target="PNEUMONIA", precision="fp32",
-                    class_names=pred.ckpt.class_names, temperature=pred.temperature)
-        return e.raw.cpu().numpy()
+        return _cam(model, pred.ckpt.target_layer, pred.ckpt.class_names, inp, pred.temperature)
 
     plain = raw(x)
     flipped = (plain + raw(x.flip(-1))[..., ::-1]) / 2
@@ -152,8 +151,8 @@ def score(ckpt_path: Path, fresh: Path) -> dict[str, float]:
         p = torch.cat([(model(xa[i:i + 256]) / pred.temperature).softmax(1)[:, 1] for i in range(0, len(xa), 256)])
     return {
         "lesions": len(masks),
-        "pointing": localisation_scores(list(plain), masks)["pointing"],
-        "flip": localisation_scores(list(flipped), masks)["pointing"],
+        "pointing": _pointing(plain, masks),
+        "flip": _pointing(flipped, masks),
         "accuracy": float(((p.numpy() >= pred.threshold).astype(int) == np.array(labels)).mean()),
     }
 

@@ -229,16 +229,12 @@ def _run(
         raws += list(exp.raw.cpu().numpy())
     grays = [img.numpy().astype(np.float32) / 255.0 for img in ev.images]
 
-    masks: list[np.ndarray | None] = []
-    from PIL import Image
+    from .explanation.groundtruth import read_mask
 
+    masks: list[np.ndarray | None] = []
     for s in ev.samples:
         mp = _mask_path(data_root, s.path) if s.label == 1 else None
-        if mp is None:
-            masks.append(None)
-            continue
-        m = Image.open(mp).convert("L").resize((prep.image_size, prep.image_size), Image.NEAREST)
-        masks.append(np.asarray(m) > 127)
+        masks.append(None if mp is None else read_mask(mp, prep.image_size))
     with_mask = [i for i, m in enumerate(masks) if m is not None]
     loc = None
     if with_mask:
