@@ -43,18 +43,6 @@ from pneumoscope.runtime import AVX2_ONLY_ENV  # noqa: E402
 FRESH_SEED = 987654  # never a demo seed
 
 
-def _parse_sets(pairs: list[str]) -> dict[str, object]:
-    import yaml
-
-    out: dict[str, object] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise SystemExit(f"--set {pair!r}: expected KEY=VALUE")
-        out[key] = yaml.safe_load(value)
-    return out
-
-
 def _lesion_set(root: Path, split: str, prep):
     from pneumoscope.data.dataset import decode_images
     from pneumoscope.explanation.groundtruth import read_mask
@@ -174,13 +162,14 @@ def main() -> int:
         os.execve(sys.executable, [sys.executable, *sys.argv], env)
     import torch
 
+    from pneumoscope.config import parse_set_overrides
     from pneumoscope.data.synth import synth_dataset
     from pneumoscope.demo import run_demo
     from pneumoscope.runtime import cpu_isa, cpu_model
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    overrides = _parse_sets(args.sets)
+    overrides = parse_set_overrides(args.sets)
     if args.emulate_avx2:
         overrides.setdefault("train.precision", "fp32")
     fresh = args.out / "fresh"
