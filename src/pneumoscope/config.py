@@ -116,7 +116,9 @@ class TrainConfig:
     mixup: float = 0.0
     # Which weights become best.ckpt: "best" = lowest val_loss over all epochs and stages (the
     # seed's, Keras' restore_best_weights); "last" = the end of the schedule (one-cycle runs,
-    # whose short-lived low-loss epochs early on are noise rather than a better model).
+    # whose short-lived low-loss epochs early on are noise rather than a better model);
+    # "pointing" = the full-size epoch whose Grad-CAM maxima land on the most validation lesions,
+    # then the lowest val_loss (needs lesion masks under DATA/masks/, as `pneumoscope synth` writes).
     select: str = "best"
     threshold: float = 0.5
     precision: str = "auto"
@@ -191,8 +193,8 @@ class Config:
             raise ConfigError("train.label_smoothing must be in [0, 1)")
         if self.train.class_weights not in ("balanced", None, "none"):
             raise ConfigError("train.class_weights must be 'balanced' or 'none'")
-        if self.train.select not in ("best", "last"):
-            raise ConfigError(f"train.select must be best or last, not {self.train.select!r}")
+        if self.train.select not in ("best", "last", "pointing"):
+            raise ConfigError(f"train.select must be best, last or pointing, not {self.train.select!r}")
         if self.train.mixup < 0:
             raise ConfigError(f"train.mixup must be >= 0 (0 = off), not {self.train.mixup}")
         if not 0.0 <= self.train.ema_decay < 1.0:

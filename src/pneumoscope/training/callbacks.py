@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import lightning as L
+import numpy as np
 import torch
 
 from ..fileio import atomic_path
@@ -23,25 +24,71 @@ def _metric(trainer: L.Trainer, key: str) -> float:
     return float(v) if v is not None else float("nan")
 
 
+def selection_score(trainer: L.Trainer, select: str) -> tuple[float, ...]:
+    """How good this epoch is for ``train.select`` (higher is better; compared as tuples).
+
+    ``best``: the lowest validation loss. ``pointing``: the highest validation pointing
+    (:class:`ValidationPointing`), then the lowest loss. ``last`` keeps every epoch and never asks.
+    """
+    loss = _metric(trainer, "val_loss")
+    if select == "pointing":
+        return (_metric(trainer, "val_pointing"), -loss)
+    return (-loss,)
+
+
+def _better(score: tuple[float, ...], best: Any) -> bool:
+    return best is None or score > tuple(best)
+
+
+class ValidationPointing(L.Callback):
+    """After every validation of a full-size stage: ``val_pointing`` in the trainer's metrics.
+
+    The share of the validation lesion images whose Grad-CAM map (PNEUMONIA class, the
+    checkpoint's layer) has its maximum inside the lesion grown by 2 px, the pointing game the
+    demo reports. Every rank scores all the images with the same weights, so every rank
+    decides alike. It must come before the callbacks that select on it.
+    """
+
+    def __init__(self, images: torch.Tensor, masks: Any, layer: str, prep: Any, class_names: tuple[str, ...]) -> None:
+        self.images, self.masks, self.layer, self.prep, self.class_names = images, masks, layer, prep, class_names
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        from ..explanation.cam import explain
+        from ..explanation.quality import pointing_hits
+
+        model = getattr(pl_module, "eval_model", pl_module.model)
+        was = model.training
+        hits = []
+        for i in range(0, len(self.images), 64):
+            x = self.prep.normalize(self.images[i:i + 64]).to(pl_module.device)
+            e = explain(model, x, method="gradcam", layer=self.layer, target="PNEUMONIA", precision="fp32",
+                        class_names=self.class_names)
+            hits.append(pointing_hits(e.maps.float().cpu().numpy(), self.masks[i:i + 64], tolerance=2))
+        model.train(was)
+        trainer.callback_metrics["val_pointing"] = torch.tensor(float(np.concatenate(hits).mean()))
+
+
 class RestoreBestWeights(L.Callback):
-    """Keep the stage's best-``val_loss`` weights and load them when the stage ends.
+    """Keep the stage's best weights (:func:`selection_score`) and load them when the stage ends.
 
     This is Keras' ``EarlyStopping(restore_best_weights=True)``. The weights live on disk
     (``path``), so a resumed stage still restores the right ones.
     """
 
-    def __init__(self, path: Path, keep_last: bool = False) -> None:
+    def __init__(self, path: Path, select: str = "best") -> None:
         self.path = path
-        self.best = math.inf
-        self.keep_last = keep_last  # select "last": every epoch replaces the kept weights
+        self.best: tuple[float, ...] | None = None
+        self.select = select  # "last": every epoch replaces the kept weights
         self._state: dict[str, torch.Tensor] | None = None  # this process's copy (every rank has one)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
             return
-        loss = _metric(trainer, "val_loss")
-        if loss < self.best or self.keep_last:
-            self.best = loss
+        score = selection_score(trainer, self.select)
+        if self.select == "last" or _better(score, self.best):
+            self.best = score
             model = getattr(pl_module, "eval_model", pl_module.model)  # the EMA weights when on
             self._state = {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
             if trainer.is_global_zero:
@@ -61,29 +108,33 @@ class RestoreBestWeights(L.Callback):
             pl_module.model.load_state_dict(load_file(str(self.path)))
 
     def state_dict(self) -> dict[str, Any]:
-        return {"best": self.best}
+        return {"best": list(self.best) if self.best is not None else None}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.best = float(state.get("best", math.inf))
+        best = state.get("best")
+        if isinstance(best, (int, float)):  # written before selection scores: a validation loss
+            best = None if math.isinf(best) else [-float(best)]
+        self.best = tuple(best) if best is not None else None
 
 
 class ExportBest(L.Callback):
-    """Write the run's ``best.ckpt`` whenever validation loss beats every earlier epoch of any stage.
+    """Write the run's ``best.ckpt`` whenever an epoch beats every earlier one of any stage.
 
-    With ``keep_last`` (``train.select: last``) every epoch is written, so the checkpoint ends
-    as the weights at the end of the schedule.
+    "Beats" is :func:`selection_score` for ``train.select``: the validation loss (``best``) or
+    validation pointing then loss (``pointing``). With ``last`` every epoch is written, so the
+    checkpoint ends as the weights at the end of the schedule.
     """
 
     def __init__(
         self,
         run_state: dict[str, Any],
         export: Callable[[torch.nn.Module, dict[str, float]], None],
-        keep_last: bool = False,
+        select: str = "best",
         best: dict[str, Any] | None = None,
     ) -> None:
         self.run_state = run_state
         self.export = export
-        self.keep_last = keep_last
+        self.select = select
         #: ``best["state"]``: this process's copy of the exported weights (calibration uses them
         #: on every rank without reading rank 0's file).
         self.best = best if best is not None else {}
@@ -91,11 +142,17 @@ class ExportBest(L.Callback):
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
             return
-        loss = _metric(trainer, "val_loss")
-        if loss < self.run_state.get("best_val_loss", math.inf) or self.keep_last:
-            self.run_state["best_val_loss"] = loss
+        score = selection_score(trainer, self.select)
+        best = self.run_state.get("best_score")
+        if best is None and math.isfinite(self.run_state.get("best_val_loss", math.inf)):
+            best = [-self.run_state["best_val_loss"]]  # a run resumed from before selection scores
+        if self.select == "last" or _better(score, best):
+            self.run_state["best_score"] = list(score)
+            self.run_state["best_val_loss"] = _metric(trainer, "val_loss")
             self.run_state["best_epoch"] = self.run_state["epoch_offset"] + trainer.current_epoch + 1
             metrics = {k: _metric(trainer, k) for k in ("val_loss", "val_acc", "val_auc")}
+            if self.select == "pointing":
+                metrics["val_pointing"] = _metric(trainer, "val_pointing")
             metrics["epoch"] = self.run_state["best_epoch"]
             model = getattr(pl_module, "eval_model", pl_module.model)
             self.best["state"] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}

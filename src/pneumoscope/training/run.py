@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
@@ -35,7 +36,7 @@ from ..errors import ConfigError, DataError
 from ..fileio import atomic_path, atomic_write_text
 from ..models import create_model, get_model_info
 from ..runtime import channels_last_preferred, lightning_precision, resolve_device, resolve_precision
-from .callbacks import ExportBest, MetricsCSV, RestoreBestWeights, SamplesSeen
+from .callbacks import ExportBest, MetricsCSV, RestoreBestWeights, SamplesSeen, ValidationPointing
 from .curves import plot_training_curves
 from .module import ClassifierModule
 
@@ -266,6 +267,7 @@ def _train(cfg: Config, data: str | Path, out: str | Path, resume: bool, progres
     prep = Preprocessing(cfg.data.image_size, tuple(cfg.data.mean), tuple(cfg.data.std), cfg.data.intensity)  # type: ignore[arg-type]
 
     sources = open_training_data(data, cfg, prep, progress)
+    pointing = _validation_pointing(data, sources.val, prep, cam_layer) if cfg.train.select == "pointing" else None
     counts = sources.train.class_counts()
     # Class balance by loss weights (the same on every rank), never by a sampler.
     weights = _class_weights(counts, cfg.train.class_weights)
@@ -336,12 +338,15 @@ def _train(cfg: Config, data: str | Path, out: str | Path, resume: bool, progres
             ema_decay=cfg.train.ema_decay, mixup=cfg.train.mixup,
         )
         seen = SamplesSeen()
+        # Pointing is scored at full size only; a lower-resolution stage keeps its lowest loss.
+        select = cfg.train.select if full_size or cfg.train.select != "pointing" else "best"
         stage_callbacks: list[L.Callback] = [
+            *([pointing] if pointing is not None and full_size else []),  # before the callbacks that read it
             EarlyStopping(monitor="val_loss", mode="min", patience=stage.early_stopping_patience, min_delta=0.0),
-            RestoreBestWeights(state_dir / f"{stage.name}-best.safetensors", keep_last=cfg.train.select == "last"),
+            RestoreBestWeights(state_dir / f"{stage.name}-best.safetensors", select=select),
             # A stage at a lower resolution is validated at that resolution: its losses are not
             # comparable with the full-size stages', and its weights are not the final model.
-            *([ExportBest(run_state, export, keep_last=cfg.train.select == "last", best=best)] if full_size else []),
+            *([ExportBest(run_state, export, select=select, best=best)] if full_size else []),
             seen,
             MetricsCSV(out / "metrics.csv", stage.name, run_state["epoch_offset"],
                        echo=None if progress else _echo, epochs=stage.epochs, seen=seen),
@@ -410,6 +415,31 @@ def _train(cfg: Config, data: str | Path, out: str | Path, resume: bool, progres
             plot_training_curves(out / "metrics.csv", out / "curves.png")
         atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
     return TrainResult(out, ckpt, run_state["best_val_loss"], run_state["best_epoch"], seconds, summary, rank0)
+
+
+def _validation_pointing(data: str | Path, val: Any, prep: Preprocessing, layer: str) -> ValidationPointing:
+    """The probe behind ``train.select: pointing``: the validation PNEUMONIA images that have a
+    lesion mask at ``DATA/masks/<the image's path under DATA>`` (as ``pneumoscope synth`` writes
+    them), with their masks at the model's size."""
+    from ..explanation.groundtruth import read_mask
+
+    root = Path(data).resolve()
+    found: list[tuple[int, Path]] = []
+    for i, s in enumerate(val.samples()):
+        try:
+            mask = root / "masks" / Path(s.path).resolve().relative_to(root)
+        except ValueError:
+            continue
+        if s.label == CLASS_NAMES.index("PNEUMONIA") and mask.is_file():
+            found.append((i, mask))
+    if not found:
+        raise ConfigError(
+            f"train.select: pointing needs lesion masks for the validation PNEUMONIA images, at "
+            f"{root / 'masks'}/<split>/PNEUMONIA/<image name> as `pneumoscope synth` writes them; none were found"
+        )
+    images = val.decoded(progress=False)[[i for i, _ in found]]
+    masks = np.stack([read_mask(m, prep.image_size) for _, m in found])
+    return ValidationPointing(images, masks, layer, prep, tuple(CLASS_NAMES))
 
 
 def _samples_per_epoch(metrics_csv: Path) -> list[int]:

@@ -1,0 +1,75 @@
+"""``train.select: pointing``: keep the epoch whose Grad-CAM points best at the validation lesions."""
+
+from __future__ import annotations
+
+import json
+
+import lightning as L
+import pytest
+
+TINY = {
+    "model.backbone": "vgg_tiny", "model.weights": "none", "data.image_size": 32, "data.val_source": "val",
+    "train.precision": "fp32", "train.device": "cpu", "train.batch_size": 8, "train.seed": 0,
+    "train.stages": [{"name": "stage1", "epochs": 4, "lr": 3e-3, "trainable_from": "all", "early_stopping_patience": 4}],
+}
+
+
+class _Record(L.Callback):
+    def __init__(self) -> None:
+        self.rows: list[tuple[float, float]] = []
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking:
+            m = trainer.callback_metrics
+            self.rows.append((float(m["val_pointing"]), float(m["val_loss"])))
+
+
+@pytest.fixture(scope="module")
+def phantoms(tmp_path_factory):
+    from pneumoscope.data.synth import synth_dataset
+
+    root = tmp_path_factory.mktemp("sel") / "data"
+    synth_dataset(root, n=96, size=32, seed=3, difficulty=0.2, splits=(0.5, 0.3, 0.2))
+    return root
+
+
+def test_the_kept_epoch_is_the_best_pointing_then_the_lowest_loss(phantoms, tmp_path):
+    from pneumoscope.config import load_config
+    from pneumoscope.training import train
+
+    rec = _Record()
+    res = train(load_config(None, {**TINY, "train.select": "pointing"}), phantoms, tmp_path / "run", progress=False,
+                callbacks=[rec])
+    assert len(rec.rows) == 4 and all(0.0 <= p <= 1.0 for p, _ in rec.rows)
+    want = max(range(4), key=lambda i: (rec.rows[i][0], -rec.rows[i][1])) + 1
+    assert res.best_epoch == want
+    assert res.best_val_loss == pytest.approx(rec.rows[want - 1][1])
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["best_epoch"] == want
+    from pneumoscope.checkpoint import read_metadata
+
+    val = read_metadata(tmp_path / "run" / "best.ckpt")["info"]["validation"]
+    assert val["epoch"] == want and val["val_pointing"] == pytest.approx(rec.rows[want - 1][0])
+
+
+def test_pointing_needs_masks_and_says_where(phantoms, tmp_path):
+    import shutil
+
+    from pneumoscope.config import load_config
+    from pneumoscope.errors import ConfigError
+    from pneumoscope.training import train
+
+    bare = tmp_path / "bare"
+    shutil.copytree(phantoms, bare, ignore=shutil.ignore_patterns("masks"))
+    with pytest.raises(ConfigError, match=r"train.select: pointing needs lesion masks .*masks"):
+        train(load_config(None, {**TINY, "train.select": "pointing"}), bare, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()  # nothing half-made
+
+
+def test_select_accepts_pointing_and_rejects_others():
+    from pneumoscope.config import load_config
+    from pneumoscope.errors import ConfigError
+
+    assert load_config(None, {"train.select": "pointing"}).train.select == "pointing"
+    with pytest.raises(ConfigError, match="best, last or pointing"):
+        load_config(None, {"train.select": "auc"}).validate()
