@@ -206,7 +206,8 @@ def _run(
     clock.lap("synth")
     log(f"[2/5] training {cfg.model.backbone} at {cfg.data.image_size} px")
     result = train(cfg, data_root, out / "run", progress=progress)
-    kept = "the last epoch" if cfg.train.select == "last" else "the lowest-val_loss epoch"
+    kept = {"last": "the last epoch", "pointing": "the epoch pointing best at the validation lesions"}.get(
+        cfg.train.select, "the lowest-val_loss epoch")
     log(f"      kept {kept}, {result.best_epoch}: val_loss {result.best_val_loss:.4f} ({result.seconds:.0f} s)")
     if result.summary.get("calibration_summary"):
         log(f"      {result.summary['calibration_summary']}")
