@@ -45,16 +45,13 @@ METHOD_TITLES = {
 
 def _outside_lungs(data_root: Path, paths: list[Path], maps: Any, size: int) -> float | None:
     """Mean share of map mass outside the lung fields, for images with a lung mask."""
-    from .explanation.groundtruth import read_mask
+    from .explanation.groundtruth import beside_mask, read_mask
     from .explanation.quality import mass_inside
 
     shares = []
     for p, m in zip(paths, maps.cpu().numpy()):
-        try:
-            lung = data_root / "lungs" / p.relative_to(data_root)
-        except ValueError:
-            continue
-        if lung.is_file():
+        lung = beside_mask(data_root, p, "lungs")
+        if lung is not None:
             shares.append(1.0 - float(mass_inside(m[None], read_mask(lung, size)[None])[0]))
     vals = [v for v in shares if not np.isnan(v)]
     return float(np.mean(vals)) if vals else None
@@ -88,16 +85,6 @@ class _StepClock:
         self._wall, self._cpu = wall, cpu
 
 
-def _mask_path(data_root: Path, img: Path) -> Path | None:
-    """``root/<split>/PNEUMONIA/x.png`` → ``root/masks/<split>/PNEUMONIA/x.png`` if present."""
-    try:
-        rel = img.relative_to(data_root)
-    except ValueError:
-        return None
-    m = data_root / "masks" / rel
-    return m if m.is_file() else None
-
-
 def localisation_scores(cam_maps: list[np.ndarray], masks: list[np.ndarray]) -> dict[str, Any]:
     """How well maps point at known lesions.
 
@@ -106,15 +93,14 @@ def localisation_scores(cam_maps: list[np.ndarray], masks: list[np.ndarray]) -> 
     lesions leave a figure of 0.88 uncertain by about +-0.08); ``hotspot_in_lesion``: mean
     share of the drawn hotspot's mass that lies inside the lesion mask.
     """
-    from scipy.ndimage import binary_dilation
     from scipy.stats import binomtest
+
+    from .explanation.quality import pointing_hits
 
     hits, mass = [], []
     for raw, mask in zip(cam_maps, masks):
         act = hotspot_activation(raw, mask.shape)
-        up = resize_map(raw, mask.shape)
-        y, x = np.unravel_index(int(np.argmax(up)), up.shape)
-        hits.append(bool(binary_dilation(mask, iterations=2)[y, x]) and up.max() > 0)
+        hits.append(bool(pointing_hits(resize_map(raw, mask.shape)[None], mask[None], tolerance=2)[0]))
         total = float(act.sum())
         mass.append(float(act[mask].sum() / total) if total > 0 else 0.0)
     n = len(hits)
@@ -230,11 +216,11 @@ def _run(
         raws += list(exp.raw.cpu().numpy())
     grays = [img.numpy().astype(np.float32) / 255.0 for img in ev.images]
 
-    from .explanation.groundtruth import read_mask
+    from .explanation.groundtruth import beside_mask, read_mask
 
     masks: list[np.ndarray | None] = []
     for s in ev.samples:
-        mp = _mask_path(data_root, s.path) if s.label == 1 else None
+        mp = beside_mask(data_root, s.path) if s.label == 1 else None
         masks.append(None if mp is None else read_mask(mp, prep.image_size))
     with_mask = [i for i, m in enumerate(masks) if m is not None]
     loc = None

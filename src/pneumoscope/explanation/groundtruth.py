@@ -33,6 +33,18 @@ def index_masks(folder: str | Path) -> dict[str, Path]:
     return found
 
 
+def beside_mask(root: Path, image: Path, kind: str = "masks") -> Path | None:
+    """The mask a dataset laid out like ``pneumoscope synth``'s keeps for ``image``:
+    ``root/<split>/<class>/x.png`` → ``root/<kind>/<split>/<class>/x.png`` (``kind``: ``masks``
+    for lesions, ``lungs`` for lung fields), or None where there is none."""
+    root = Path(root).resolve()
+    try:
+        mask = root / kind / Path(image).resolve().relative_to(root)
+    except ValueError:
+        return None
+    return mask if mask.is_file() else None
+
+
 def read_mask(path: Path, size: int) -> np.ndarray:
     """A mask PNG (non-zero = inside) as a (size, size) bool array, nearest-neighbour resized."""
     try:

@@ -421,21 +421,16 @@ def _validation_pointing(data: str | Path, val: Any, prep: Preprocessing, layer:
     """The probe behind ``train.select: pointing``: the validation PNEUMONIA images that have a
     lesion mask at ``DATA/masks/<the image's path under DATA>`` (as ``pneumoscope synth`` writes
     them), with their masks at the model's size."""
-    from ..explanation.groundtruth import read_mask
+    from ..explanation.groundtruth import beside_mask, read_mask
 
-    root = Path(data).resolve()
-    found: list[tuple[int, Path]] = []
-    for i, s in enumerate(val.samples()):
-        try:
-            mask = root / "masks" / Path(s.path).resolve().relative_to(root)
-        except ValueError:
-            continue
-        if s.label == CLASS_NAMES.index("PNEUMONIA") and mask.is_file():
-            found.append((i, mask))
+    positive = CLASS_NAMES.index("PNEUMONIA")
+    found = [(i, m) for i, s in enumerate(val.samples())
+             if s.label == positive and (m := beside_mask(Path(data), s.path)) is not None]
     if not found:
         raise ConfigError(
             f"train.select: pointing needs lesion masks for the validation PNEUMONIA images, at "
-            f"{root / 'masks'}/<split>/PNEUMONIA/<image name> as `pneumoscope synth` writes them; none were found"
+            f"{Path(data).resolve() / 'masks'}/<split>/PNEUMONIA/<image name> as `pneumoscope synth` writes them; "
+            "none were found"
         )
     images = val.decoded(progress=False)[[i for i, _ in found]]
     masks = np.stack([read_mask(m, prep.image_size) for _, m in found])
