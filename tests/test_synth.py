@@ -311,3 +311,26 @@ def test_synth_dataset_rejects_zero_workers(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="workers must be >= 1"):
         synth_dataset(tmp_path / "ds", n=6, size=48, workers=0)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_synth_dataset_only_draws_the_named_splits_as_a_full_draw_would(tmp_path: Path) -> None:
+    full = synth_dataset(tmp_path / "full", n=24, size=48, seed=3, shortcut=True)
+    part = synth_dataset(tmp_path / "part", n=24, size=48, seed=3, shortcut=True, only=("test",))
+    files = _files(part.root)
+    assert files and all(f.startswith(("test/", "masks/test/", "lungs/test/")) or f == "manifest.csv" for f in files)
+    assert {f for f in _files(full.root) if "test/" in f} == files - {"manifest.csv"}
+    assert all((full.root / f).read_bytes() == (part.root / f).read_bytes() for f in files if f != "manifest.csv")
+    rows = (part.root / "manifest.csv").read_text().splitlines()[1:]
+    assert len(rows) == sum(part.counts["test"].values()) and all(",test," in r for r in rows)
+    with pytest.raises(ConfigError, match="only must name some of the splits"):
+        synth_dataset(tmp_path / "bad", n=24, size=48, only=("tset",))
+    assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_synth_dataset_runs_meanwhile_once_and_still_writes_everything(tmp_path: Path, workers: int) -> None:
+    calls: list[bool] = []
+    summary = synth_dataset(tmp_path / "ds", n=24, size=48, seed=3, workers=workers,
+                            meanwhile=lambda: calls.append((tmp_path / "ds").exists()))
+    assert calls == [False]  # once, before the dataset is renamed into place
+    assert len(list((summary.root / "train").rglob("*.png"))) == sum(summary.counts["train"].values())

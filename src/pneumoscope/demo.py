@@ -21,13 +21,10 @@ from .config import load_config
 from .data.dataset import CLASS_NAMES
 from .errors import DataError
 from .fileio import atomic_write_text
-from .evaluation.evaluate import evaluate
 from .explanation.cam import explain
 from .explanation.overlay import hotspot_activation, hotspot_overlay, resize_map
 from .inference import Predictor
-from .report import GalleryTile, render_gallery, select_gallery, write_report
 from .runtime import cpu_summary
-from .training import train
 
 SYNTH_CREDIT = "Images are synthetic chest phantoms drawn by pneumoscope; no patient data."
 MARKER = ".pneumoscope-demo"
@@ -55,6 +52,15 @@ def _outside_lungs(data_root: Path, paths: list[Path], maps: Any, size: int) -> 
             shares.append(1.0 - float(mass_inside(m[None], read_mask(lung, size)[None])[0]))
     vals = [v for v in shares if not np.isnan(v)]
     return float(np.mean(vals)) if vals else None
+
+
+def _import_pipeline() -> None:
+    """Import the training, evaluation and report modules (Lightning, torchmetrics, matplotlib).
+
+    That takes seconds; the demo does it while worker processes draw the phantoms.
+    """
+    from . import report, training  # noqa: F401
+    from .evaluation import evaluate  # noqa: F401
 
 
 @dataclass
@@ -185,10 +191,15 @@ def _run(
         size = size or cfg.data.image_size
         log(f"[1/5] drawing {n} synthetic chest phantoms ({size} px)")
         data_root = out / "data"
-        synth_dataset(data_root, n=n, size=size, seed=seed, difficulty=difficulty, progress=progress)
+        synth_dataset(data_root, n=n, size=size, seed=seed, difficulty=difficulty, progress=progress,
+                      meanwhile=_import_pipeline)
     else:
         data_root = Path(data)
         log(f"[1/5] using data from {data_root}")
+    from .evaluation.evaluate import evaluate
+    from .report import GalleryTile, render_gallery, select_gallery, write_report
+    from .training import train
+
     clock.lap("synth")
     log(f"[2/5] training {cfg.model.backbone} at {cfg.data.image_size} px")
     result = train(cfg, data_root, out / "run", progress=progress)

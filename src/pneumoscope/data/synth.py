@@ -23,7 +23,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -512,6 +512,8 @@ def synth_dataset(
     shortcut: bool = False,
     progress: bool = False,
     workers: int | None = None,
+    only: tuple[str, ...] | None = None,
+    meanwhile: Callable[[], object] | None = None,
 ) -> SynthSummary:
     """Write a synthetic dataset in the Kaggle chest-X-ray folder layout.
 
@@ -539,6 +541,12 @@ def synth_dataset(
         progress: Show a tqdm progress bar.
         workers: Processes that draw and write images; None: one per CPU core available
             (at most 8), fewer for small datasets. The files do not depend on it.
+        only: Draw only these splits (e.g. ``("test",)``); their images are byte-identical
+            to the same split of a full draw, and the manifest lists only them. ``counts``
+            still describes the full dataset.
+        meanwhile: Called once in this process while the worker processes draw (before
+            drawing when there is one worker), for work that can overlap with it: the demo
+            imports its training stack there.
 
     Returns:
         A :class:`SynthSummary`.
@@ -553,6 +561,8 @@ def synth_dataset(
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise DataError(f"output folder {out} already exists and is not empty; choose another or remove it")
     counts = _split_counts(int(n), splits, float(pneumonia_fraction))
+    if only is not None and (not only or any(split not in SPLITS for split in only)):
+        raise ConfigError(f"only must name some of the splits {', '.join(SPLITS)}, got {only!r}")
 
     # One (split, label) slot per image, shuffled so that patient numbers interleave the
     # splits like a real export would; every image then gets its own child seed, so an
@@ -568,6 +578,7 @@ def synth_dataset(
         jobs = [
             (tmp, index, *slots[int(slot)], children[index], int(size), difficulty, shortcut)
             for index, slot in enumerate(order)
+            if only is None or slots[int(slot)][0] in only
         ]
         workers = _synth_workers(workers, len(jobs))
         with tqdm(total=len(jobs), desc="synth", unit="img", disable=not progress) as bar, ExitStack() as stack:
@@ -577,6 +588,8 @@ def synth_dataset(
                 # the number of processes; each process writes its own images into tmp.
                 pool = stack.enter_context(ProcessPoolExecutor(max_workers=workers))
                 results = pool.map(_draw_and_save, jobs, chunksize=max(1, len(jobs) // (8 * workers)))
+            if meanwhile is not None:
+                meanwhile()  # the jobs are queued and (with a pool) being drawn
             rows = []
             for row in results:
                 rows.append(row)
