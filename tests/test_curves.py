@@ -48,6 +48,39 @@ def test_plot_reads_nan_and_skips_an_empty_log(tmp_path):
     assert Image.open(tmp_path / "c.png").format == "PNG"
 
 
+def test_metrics_csv_leaves_pointing_empty_unless_scored_and_a_resumed_file_keeps_its_columns(tmp_path, synth_root):
+    out = tmp_path / "run"
+    train(load_config(None, TINY), synth_root, out, progress=False)
+    text = (out / "metrics.csv").read_text().splitlines()
+    assert text[0] == "epoch,stage,train_loss,train_acc,val_loss,val_acc,val_auc,val_pointing,lr,samples,seconds"
+    assert all(np.isnan(r["val_pointing"]) for r in read_metrics(out / "metrics.csv"))
+    # A file started by an older version (no val_pointing column) gets rows in its own columns.
+    from pneumoscope.training.callbacks import MetricsCSV
+
+    old = tmp_path / "old.csv"
+    old.write_text(HEADER)
+
+    class _Trainer:
+        is_global_zero, current_epoch, optimizers = True, 0, []
+        callback_metrics = {"val_pointing": 0.5, "val_loss": 0.25}
+
+    MetricsCSV(old, "scratch", 3).on_train_epoch_end(_Trainer(), None)  # type: ignore[arg-type]
+    lines = old.read_text().splitlines()
+    assert lines[0] + "\n" == HEADER and lines[1].startswith("4,scratch,") and len(lines[1].split(",")) == 9
+
+
+def test_the_curves_draw_pointing_and_the_kept_epoch(tmp_path):
+    csv_path = tmp_path / "metrics.csv"
+    head = "epoch,stage,train_loss,train_acc,val_loss,val_acc,val_auc,val_pointing,lr,samples,seconds\n"
+    csv_path.write_text(head + "1,s,0.7,0.5,0.6,0.5,0.8,0.2,0.001,8,1.0\n2,s,0.5,0.8,0.4,0.9,0.95,0.9,0.001,8,1.0\n")
+    assert read_metrics(csv_path)[1]["val_pointing"] == 0.9
+    plain = np.asarray(Image.open(plot_training_curves(csv_path, tmp_path / "a.png")).convert("RGB")).astype(int)
+    marked = np.asarray(Image.open(plot_training_curves(csv_path, tmp_path / "b.png", kept_epoch=2)).convert("RGB"))
+    assert plain.shape == marked.shape and (np.abs(plain - marked).sum(axis=2) > 60).mean() > 0.001
+    purple = (np.abs(plain - np.array([0x94, 0x67, 0xBD])).sum(axis=2) < 40).sum()
+    assert purple > 50  # the pointing series is drawn in its own colour
+
+
 def test_demo_report_shows_the_training_curves_and_writes_demo_json(tmp_path):
     from pneumoscope.demo import run_demo
 

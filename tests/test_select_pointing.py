@@ -50,6 +50,12 @@ def test_the_kept_epoch_is_the_best_pointing_then_the_lowest_loss(phantoms, tmp_
 
     val = read_metadata(tmp_path / "run" / "best.ckpt")["info"]["validation"]
     assert val["epoch"] == want and val["val_pointing"] == pytest.approx(rec.rows[want - 1][0])
+    # metrics.csv and curves.png carry the pointing of every epoch.
+    from pneumoscope.training.curves import read_metrics
+
+    rows = read_metrics(tmp_path / "run" / "metrics.csv")
+    assert [r["val_pointing"] for r in rows] == pytest.approx([p for p, _ in rec.rows], abs=1e-5)
+    assert (tmp_path / "run" / "curves.png").is_file()
 
 
 def test_pointing_needs_masks_and_says_where(phantoms, tmp_path):

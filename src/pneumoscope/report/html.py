@@ -294,7 +294,8 @@ def write_report(
 
     if training_curves is not None:
         body.append("<h2>Training</h2>")
-        body.append(_figure(training_curves, "Loss, validation ROC AUC and learning rate per epoch (stages shaded)"))
+        body.append(_figure(training_curves, "Loss, validation ROC AUC and learning rate per epoch (stages shaded, the kept epoch "
+                                              "dashed; the validation pointing game where the run selected on it)"))
 
     if gallery is not None:
         names = ", ".join(group_display_names(class_names).values())

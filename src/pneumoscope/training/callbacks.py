@@ -193,9 +193,15 @@ class SamplesSeen(L.Callback):
 
 
 class MetricsCSV(L.Callback):
-    """One row per epoch in ``metrics.csv``, with epochs numbered across stages (8-21 in stage 2)."""
+    """One row per epoch in ``metrics.csv``, with epochs numbered across stages (8-21 in stage 2).
 
-    FIELDS = ("epoch", "stage", "train_loss", "train_acc", "val_loss", "val_acc", "val_auc", "lr", "samples", "seconds")
+    ``val_pointing`` is filled where :class:`ValidationPointing` scored the epoch
+    (``train.select: pointing``) and empty elsewhere. A resumed run keeps the columns its file
+    was started with.
+    """
+
+    FIELDS = ("epoch", "stage", "train_loss", "train_acc", "val_loss", "val_acc", "val_auc", "val_pointing", "lr",
+              "samples", "seconds")
 
     def __init__(
         self, path: Path, stage: str, epoch_offset: int, echo: Callable[[str], None] | None = None, epochs: int = 0,
@@ -216,24 +222,30 @@ class MetricsCSV(L.Callback):
         # Runs after validation in Lightning 2.x, so both train and val metrics are present.
         if not trainer.is_global_zero:
             return
-        new = not self.path.exists()
+        fields: tuple[str, ...] = self.FIELDS
+        if self.path.exists():
+            with open(self.path, newline="", encoding="utf-8") as fh:
+                fields = tuple(next(csv.reader(fh), ())) or self.FIELDS
         lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else float("nan")
+        pointing = trainer.callback_metrics.get("val_pointing")
         row = {
             "epoch": self.epoch_offset + trainer.current_epoch + 1,
             "stage": self.stage,
             **{k: f"{_metric(trainer, k):.6g}" for k in ("train_loss", "train_acc", "val_loss", "val_acc", "val_auc")},
+            "val_pointing": f"{float(pointing):.6g}" if pointing is not None else "",
             "lr": f"{lr:.3g}",
             "samples": self.seen.last_epoch_total if self.seen is not None else "",
             "seconds": f"{time.perf_counter() - self._t0:.1f}",
         }
         with open(self.path, "a", newline="", encoding="utf-8") as fh:
-            w = csv.DictWriter(fh, fieldnames=self.FIELDS)
-            if new:
+            w = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
+            if not self.path.stat().st_size:
                 w.writeheader()
             w.writerow(row)
         if self.echo is not None:
+            also = f"  val_pointing {row['val_pointing']}" if row["val_pointing"] else ""
             self.echo(
                 f"epoch {trainer.current_epoch + 1}/{self.epochs or trainer.max_epochs} ({self.stage}): "
                 f"train_loss {row['train_loss']}  val_loss {row['val_loss']}  val_acc {row['val_acc']}  "
-                f"val_auc {row['val_auc']}  lr {row['lr']}  {row['seconds']} s"
+                f"val_auc {row['val_auc']}{also}  lr {row['lr']}  {row['seconds']} s"
             )

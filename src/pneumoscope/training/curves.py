@@ -1,4 +1,4 @@
-"""``curves.png``: loss, validation AUC and learning rate per epoch, one colour band per stage.
+"""``curves.png``: loss, validation AUC (and pointing) and learning rate per epoch, one colour band per stage.
 
 Drawn from the run's ``metrics.csv`` once training ends, so a resumed run's figure covers
 every epoch, including those of an earlier process. Like the evaluation plots, the figure
@@ -35,17 +35,20 @@ def read_metrics(path: str | Path) -> list[dict[str, float | str]]:
         rows = list(csv.DictReader(fh))
     return [
         {"stage": r.get("stage", ""), **{k: _number(r.get(k)) for k in
-                                         ("epoch", "train_loss", "val_loss", "val_auc", "lr", "seconds")}}
+                                         ("epoch", "train_loss", "val_loss", "val_auc", "val_pointing", "lr",
+                                          "seconds")}}
         for r in rows
     ]
 
 
-def plot_training_curves(metrics_csv: str | Path, out: str | Path) -> Path | None:
+def plot_training_curves(metrics_csv: str | Path, out: str | Path, kept_epoch: int | None = None) -> Path | None:
     """Draw ``out`` (PNG) from ``metrics_csv``; returns None (and writes nothing) if it has no rows.
 
-    Three panels share the epoch axis: training and validation loss, validation ROC AUC, and
+    Three panels share the epoch axis: training and validation loss, validation ROC AUC (with
+    the validation pointing game where the run scored it, ``train.select: pointing``), and
     the learning rate at the end of each epoch (log scale). Stages are shaded alternately and
-    named at the top, so a two-stage run shows where fine-tuning began.
+    named at the top, so a two-stage run shows where fine-tuning began. ``kept_epoch`` (the
+    epoch ``best.ckpt`` holds) is marked by a dashed line in every panel.
     """
     rows = read_metrics(metrics_csv)
     if not rows:
@@ -54,9 +57,12 @@ def plot_training_curves(metrics_csv: str | Path, out: str | Path) -> Path | Non
     fig = Figure(figsize=(10.0, 3.2), dpi=_DPI)
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, 3)
+    validation: tuple[tuple[str, str, str], ...] = (("val_auc", "ROC AUC", "#2ca02c"),)
+    if any(not math.isnan(float(r["val_pointing"])) for r in rows):
+        validation += (("val_pointing", "pointing game", "#9467bd"),)
     panels = (
         ("loss", (("train_loss", "train", "#1f77b4"), ("val_loss", "validation", "#d62728"))),
-        ("validation ROC AUC", (("val_auc", "validation", "#2ca02c"),)),
+        ("validation ROC AUC" + (" and pointing" if len(validation) > 1 else ""), validation),
         ("learning rate", (("lr", "lr", "#7f7f7f"),)),
     )
     # Stage spans as (name, first epoch, last epoch), in order of appearance.
@@ -72,6 +78,9 @@ def plot_training_curves(metrics_csv: str | Path, out: str | Path) -> Path | Non
         for key, label, colour in series:
             ys = [r[key] for r in rows]
             ax.plot(epochs, ys, marker="o", markersize=3, linewidth=1.4, color=colour, label=label)
+        if kept_epoch:
+            ax.axvline(kept_epoch, color="#555", linestyle="--", linewidth=1.0, zorder=1,
+                       label="kept" if len(series) > 1 else None)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)

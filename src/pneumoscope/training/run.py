@@ -412,7 +412,7 @@ def _train(cfg: Config, data: str | Path, out: str | Path, resume: bool, progres
     }
     if rank0:
         if (out / "metrics.csv").is_file():
-            plot_training_curves(out / "metrics.csv", out / "curves.png")
+            plot_training_curves(out / "metrics.csv", out / "curves.png", kept_epoch=run_state["best_epoch"] or None)
         atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
     return TrainResult(out, ckpt, run_state["best_val_loss"], run_state["best_epoch"], seconds, summary, rank0)
 
