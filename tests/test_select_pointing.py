@@ -79,3 +79,54 @@ def test_select_accepts_pointing_and_rejects_others():
     assert load_config(None, {"train.select": "pointing"}).train.select == "pointing"
     with pytest.raises(ConfigError, match="best, last or pointing"):
         load_config(None, {"train.select": "auc"}).validate()
+
+
+@pytest.mark.parametrize("kind", ["folder", "boxes"])
+def test_lesion_masks_from_a_folder_or_rsna_boxes(phantoms, tmp_path, kind):
+    """Masks kept elsewhere (named like the images) or RSNA boxes serve the selection too."""
+    import shutil
+
+    import numpy as np
+    from PIL import Image
+
+    from pneumoscope.config import load_config
+    from pneumoscope.training import train
+
+    bare = tmp_path / "bare"
+    shutil.copytree(phantoms, bare, ignore=shutil.ignore_patterns("masks"))
+    val_masks = sorted((phantoms / "masks" / "val" / "PNEUMONIA").glob("*.png"))
+    assert val_masks
+    if kind == "folder":
+        source = tmp_path / "lesions"
+        (source / "anywhere").mkdir(parents=True)
+        for m in val_masks:
+            shutil.copy(m, source / "anywhere" / m.name)
+    else:
+        source = tmp_path / "boxes.csv"
+        lines = ["patientId,x,y,width,height,Target"]
+        for m in val_masks:
+            ys, xs = np.nonzero(np.asarray(Image.open(m)) > 127)
+            lines.append(f"{m.stem},{xs.min()},{ys.min()},{xs.max() - xs.min() + 1},{ys.max() - ys.min() + 1},1")
+        source.write_text("\n".join(lines) + "\n")
+    rec = _Record()
+    cfg = load_config(None, {**TINY, "train.select": "pointing", "train.lesion_masks": str(source)})
+    res = train(cfg, bare, tmp_path / "run", progress=False, callbacks=[rec])
+    assert len(rec.rows) == 4 and res.best_epoch == max(range(4), key=lambda i: (rec.rows[i][0], -rec.rows[i][1])) + 1
+
+
+def test_lesion_masks_errors_are_one_line_and_leave_no_run(phantoms, tmp_path):
+    from pneumoscope.config import load_config
+    from pneumoscope.errors import ConfigError
+    from pneumoscope.training import train
+
+    with pytest.raises(ConfigError, match=r"train.lesion_masks: .*nowhere does not exist"):
+        train(load_config(None, {**TINY, "train.select": "pointing", "train.lesion_masks": str(tmp_path / "nowhere")}),
+              phantoms, tmp_path / "run", progress=False)
+    other = tmp_path / "other.csv"
+    other.write_text("patientId,x,y,width,height,Target\nsomeone-else,1,1,4,4,1\n")
+    with pytest.raises(ConfigError, match="no patientId matches"):
+        train(load_config(None, {**TINY, "train.select": "pointing", "train.lesion_masks": str(other)}),
+              phantoms, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(ConfigError, match="read only by train.select: pointing"):
+        load_config(None, {**TINY, "train.lesion_masks": str(other)}).validate()

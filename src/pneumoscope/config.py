@@ -118,8 +118,12 @@ class TrainConfig:
     # seed's, Keras' restore_best_weights); "last" = the end of the schedule (one-cycle runs,
     # whose short-lived low-loss epochs early on are noise rather than a better model);
     # "pointing" = the full-size epoch whose Grad-CAM maxima land on the most validation lesions,
-    # then the lowest val_loss (needs lesion masks under DATA/masks/, as `pneumoscope synth` writes).
+    # then the lowest val_loss (needs lesion ground truth: see lesion_masks).
     select: str = "best"
+    # Where "pointing" finds the validation lesions: a folder of lesion-mask PNGs named like the
+    # images (any layout), or an RSNA-format CSV of boxes (patientId,x,y,width,height,Target), as
+    # explain-eval's --masks / --boxes. None: DATA/masks/<split>/<class>/, as `pneumoscope synth` writes.
+    lesion_masks: str | None = None
     threshold: float = 0.5
     precision: str = "auto"
     device: str = "auto"
@@ -195,6 +199,9 @@ class Config:
             raise ConfigError("train.class_weights must be 'balanced' or 'none'")
         if self.train.select not in ("best", "last", "pointing"):
             raise ConfigError(f"train.select must be best, last or pointing, not {self.train.select!r}")
+        if self.train.lesion_masks and self.train.select != "pointing":
+            raise ConfigError(f"train.lesion_masks is read only by train.select: pointing, and select is "
+                              f"{self.train.select!r}; set both or neither")
         if self.train.mixup < 0:
             raise ConfigError(f"train.mixup must be >= 0 (0 = off), not {self.train.mixup}")
         if not 0.0 <= self.train.ema_decay < 1.0:

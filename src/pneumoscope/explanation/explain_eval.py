@@ -24,12 +24,11 @@ import numpy as np
 import torch
 
 from ..data.dataset import decode_images, resolve_eval_samples
-from ..data.io import read_image
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError
 from ..fileio import atomic_write_text
 from ..inference import Predictor
 from .cam import GRADIENT_METHODS, canonical_method, explain_many
-from .groundtruth import boxes_to_mask, index_masks, read_mask, read_rsna_boxes
+from .groundtruth import index_masks, lesion_ground_truth, read_mask
 from .quality import (
     deletion_insertion,
     mass_inside,
@@ -232,18 +231,8 @@ class _Acc:
 def _ground_truth(
     samples: Sequence[Any], size: int, masks: str | Path | None, boxes: str | Path | None, lungs: str | Path | None,
 ) -> tuple[list[np.ndarray | None], list[np.ndarray | None]]:
-    lesion: list[np.ndarray | None] = [None] * len(samples)
+    lesion = lesion_ground_truth(samples, size, masks=masks, boxes=boxes)
     lung: list[np.ndarray | None] = [None] * len(samples)
-    if masks is not None:
-        index = index_masks(masks)
-        lesion = [read_mask(index[s.path.stem], size) if s.path.stem in index else None for s in samples]
-    elif boxes is not None:
-        table = read_rsna_boxes(boxes)
-        for i, s in enumerate(samples):
-            if s.path.stem in table:
-                lesion[i] = boxes_to_mask(table[s.path.stem], read_image(s.path).shape, size)
-        if not any(m is not None for m in lesion):
-            raise DataError(f"{boxes}: no patientId matches an image name in the data")
     if lungs is not None:
         index = index_masks(lungs)
         lung = [read_mask(index[s.path.stem], size) if s.path.stem in index else None for s in samples]

@@ -8,7 +8,9 @@ returned at the model's input size, the grid the explanation maps live on.
 from __future__ import annotations
 
 import csv
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -95,3 +97,31 @@ def boxes_to_mask(boxes: list[tuple[float, float, float, float]], original: tupl
         y0, y1 = int(np.floor(y * size / h0)), int(np.ceil((y + h) * size / h0))
         mask[max(0, y0) : min(size, y1), max(0, x0) : min(size, x1)] = True
     return mask
+
+
+def lesion_ground_truth(
+    samples: Sequence[Any], size: int, *, masks: str | Path | None = None, boxes: str | Path | None = None,
+) -> list[np.ndarray | None]:
+    """Lesion masks at ``size`` for ``samples`` (None where an image has none).
+
+    From ``masks``, a folder of PNG masks named like the images (:func:`index_masks`), or from
+    ``boxes``, an RSNA-format CSV (:func:`read_rsna_boxes`; boxes are in the original image's
+    pixels, so each image with boxes is read for its size). Neither: all None.
+
+    Raises:
+        DataError: If the folder or CSV is unusable, or no patientId in ``boxes`` names an image.
+    """
+    from ..data.io import read_image
+
+    if masks is not None:
+        index = index_masks(masks)
+        return [read_mask(index[s.path.stem], size) if s.path.stem in index else None for s in samples]
+    lesion: list[np.ndarray | None] = [None] * len(samples)
+    if boxes is not None:
+        table = read_rsna_boxes(boxes)
+        for i, s in enumerate(samples):
+            if s.path.stem in table:
+                lesion[i] = boxes_to_mask(table[s.path.stem], read_image(s.path).shape, size)
+        if not any(m is not None for m in lesion):
+            raise DataError(f"{boxes}: no patientId matches an image name in the data")
+    return lesion

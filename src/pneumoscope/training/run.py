@@ -267,7 +267,8 @@ def _train(cfg: Config, data: str | Path, out: str | Path, resume: bool, progres
     prep = Preprocessing(cfg.data.image_size, tuple(cfg.data.mean), tuple(cfg.data.std), cfg.data.intensity)  # type: ignore[arg-type]
 
     sources = open_training_data(data, cfg, prep, progress)
-    pointing = _validation_pointing(data, sources.val, prep, cam_layer) if cfg.train.select == "pointing" else None
+    pointing = (_validation_pointing(data, sources.val, prep, cam_layer, cfg.train.lesion_masks)
+                if cfg.train.select == "pointing" else None)
     counts = sources.train.class_counts()
     # Class balance by loss weights (the same on every rank), never by a sampler.
     weights = _class_weights(counts, cfg.train.class_weights)
@@ -417,24 +418,42 @@ def _train(cfg: Config, data: str | Path, out: str | Path, resume: bool, progres
     return TrainResult(out, ckpt, run_state["best_val_loss"], run_state["best_epoch"], seconds, summary, rank0)
 
 
-def _validation_pointing(data: str | Path, val: Any, prep: Preprocessing, layer: str) -> ValidationPointing:
-    """The probe behind ``train.select: pointing``: the validation PNEUMONIA images that have a
-    lesion mask at ``DATA/masks/<the image's path under DATA>`` (as ``pneumoscope synth`` writes
-    them), with their masks at the model's size."""
-    from ..explanation.groundtruth import beside_mask, read_mask
+def _validation_pointing(
+    data: str | Path, val: Any, prep: Preprocessing, layer: str, lesion_masks: str | None = None,
+) -> ValidationPointing:
+    """The probe behind ``train.select: pointing``: the validation PNEUMONIA images that have
+    lesion ground truth, with their masks at the model's size. ``lesion_masks``: a folder of
+    mask PNGs named like the images or an RSNA-format boxes CSV; None: a mask at
+    ``DATA/masks/<the image's path under DATA>``, as ``pneumoscope synth`` writes them."""
+    from ..explanation.groundtruth import beside_mask, lesion_ground_truth, read_mask
 
     positive = CLASS_NAMES.index("PNEUMONIA")
-    found = [(i, m) for i, s in enumerate(val.samples())
-             if s.label == positive and (m := beside_mask(Path(data), s.path)) is not None]
+    samples = val.samples()
+    candidates = [i for i, s in enumerate(samples) if s.label == positive]
+    if lesion_masks is None:
+        where = f"{Path(data).resolve() / 'masks'}/<split>/PNEUMONIA/<image name> as `pneumoscope synth` writes them"
+        paths = {i: beside_mask(Path(data), samples[i].path) for i in candidates}
+        found = [(i, read_mask(m, prep.image_size)) for i, m in paths.items() if m is not None]
+        found = [(i, m) for i, m in found if m.any()]  # a lesion too small for the model's grid cannot be hit
+    else:
+        source = Path(lesion_masks)
+        if not source.exists():
+            raise ConfigError(f"train.lesion_masks: {source} does not exist; expected a folder of lesion-mask PNGs "
+                              "named like the images, or an RSNA-format boxes CSV")
+        where = f"{source} (train.lesion_masks)"
+        kind = {"boxes": source} if source.is_file() else {"masks": source}
+        try:
+            masks = lesion_ground_truth([samples[i] for i in candidates], prep.image_size, **kind)
+        except DataError as exc:
+            raise ConfigError(f"train.lesion_masks: {exc}") from None
+        found = [(i, m) for i, m in zip(candidates, masks) if m is not None and m.any()]
     if not found:
         raise ConfigError(
-            f"train.select: pointing needs lesion masks for the validation PNEUMONIA images, at "
-            f"{Path(data).resolve() / 'masks'}/<split>/PNEUMONIA/<image name> as `pneumoscope synth` writes them; "
+            f"train.select: pointing needs lesion masks for the validation PNEUMONIA images, at {where}; "
             "none were found"
         )
     images = val.decoded(progress=False)[[i for i, _ in found]]
-    masks = np.stack([read_mask(m, prep.image_size) for _, m in found])
-    return ValidationPointing(images, masks, layer, prep, tuple(CLASS_NAMES))
+    return ValidationPointing(images, np.stack([m for _, m in found]), layer, prep, tuple(CLASS_NAMES))
 
 
 def _samples_per_epoch(metrics_csv: Path) -> list[int]:
