@@ -214,6 +214,7 @@ class MetricsCSV(L.Callback):
         self.echo = echo  # without progress bars, one line per epoch tells the user where the run is
         self.epochs = epochs
         self._t0 = time.perf_counter()
+        self._fields: tuple[str, ...] | None = None
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._t0 = time.perf_counter()
@@ -222,10 +223,11 @@ class MetricsCSV(L.Callback):
         # Runs after validation in Lightning 2.x, so both train and val metrics are present.
         if not trainer.is_global_zero:
             return
-        fields: tuple[str, ...] = self.FIELDS
-        if self.path.exists():
-            with open(self.path, newline="", encoding="utf-8") as fh:
-                fields = tuple(next(csv.reader(fh), ())) or self.FIELDS
+        if self._fields is None:  # the columns of the file this run appends to, once per stage
+            self._fields = self.FIELDS
+            if self.path.exists():
+                with open(self.path, newline="", encoding="utf-8") as fh:
+                    self._fields = tuple(next(csv.reader(fh), ())) or self.FIELDS
         lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else float("nan")
         pointing = trainer.callback_metrics.get("val_pointing")
         row = {
@@ -238,7 +240,7 @@ class MetricsCSV(L.Callback):
             "seconds": f"{time.perf_counter() - self._t0:.1f}",
         }
         with open(self.path, "a", newline="", encoding="utf-8") as fh:
-            w = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
+            w = csv.DictWriter(fh, fieldnames=self._fields, extrasaction="ignore")
             if not self.path.stat().st_size:
                 w.writeheader()
             w.writerow(row)
