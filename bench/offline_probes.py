@@ -6,6 +6,7 @@
     python bench/offline_probes.py lung-crop-stats          # does an unsupervised lung crop depend on the class?
     python bench/offline_probes.py corner-dataset OUT       # a copy of the data with the four corners filled
     python bench/offline_probes.py step-cost [--emulate-avx2]   # ms per image of a training step, and of the augmentation
+    python bench/offline_probes.py snapshots OUT [--seed 42]    # train offline.yaml once; snapshot ensembles of its epochs
 
 CKPT is a checkpoint file or a shipped model (``kaggle-offline-v2``). ``--data`` defaults to
 ``../shared/data`` beside the checkout. ``corner-dataset`` writes a dataset to train on with
@@ -261,6 +262,94 @@ def step_cost(args: argparse.Namespace) -> None:
     print(f"augmentation at 96 px (resize from 128 + offline.yaml's augment): {per_image(augment, 32, 30):.2f} ms/image")
 
 
+def snapshots(args: argparse.Namespace) -> None:
+    """Snapshot ensembles (issue 13's "cheap variance cuts"): train ``--config`` once, keep the
+    validated (EMA) weights of every epoch, and score each of the last epochs and their
+    mean-probability ensembles on validation (the run's patient-level split) and test. Each
+    snapshot is scored at the size it was validated at in training (a 96 px stage at 96 px).
+    The ensemble to keep is the one with the best validation AUC; test is only reported."""
+    import csv
+    import json
+
+    import lightning as L
+    import torch
+    import torch.nn.functional as F
+    from sklearn.metrics import roc_auc_score
+
+    from pneumoscope import load_checkpoint
+    from pneumoscope.config import load_config
+    from pneumoscope.data.dataset import decode_images
+    from pneumoscope.training import train
+
+    class Keep(L.Callback):
+        def __init__(self) -> None:
+            self.states: list[tuple[int | None, dict]] = []
+
+        def on_validation_end(self, trainer, pl_module) -> None:
+            if not trainer.sanity_checking:
+                m = getattr(pl_module, "eval_model", pl_module.model)
+                self.states.append((pl_module.stage.image_size,
+                                    {k: v.detach().cpu().clone() for k, v in m.state_dict().items()}))
+
+    from pneumoscope.config import parse_set_overrides
+
+    cfg = load_config(args.config, {"train.seed": args.seed, "train.precision": args.precision,
+                                    **parse_set_overrides(args.sets)})
+    keep = Keep()
+    out = Path(args.out) / f"seed{args.seed}"
+    res = train(cfg, args.data / "chest_xray_224", out, progress=False, callbacks=[keep])
+    ckpt = load_checkpoint(res.checkpoint)
+    test, y_test = _test_set(ckpt, args.data)
+    with open(out / "splits.csv", newline="", encoding="utf-8") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["split"] == "val"]
+    root = args.data / "chest_xray_224"
+    val = decode_images([Path(r["path"]) if Path(r["path"]).is_absolute() else root / r["path"] for r in rows],
+                        ckpt.preprocessing, progress=False)
+    y_val = np.array([r["label"] in ("1", "PNEUMONIA") for r in rows])
+    model = ckpt.model
+
+    def probs(images, state, size):
+        model.load_state_dict(state)
+        model.eval()
+        out_p = []
+        with torch.no_grad():
+            for i in range(0, len(images), 64):
+                x = images[i:i + 64].float()[:, None] / 255.0  # (N, 1, S, S), as training resamples it
+                if size is not None and x.shape[-1] != size:
+                    x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+                out_p.append(model(ckpt.preprocessing.normalize(x)).float().softmax(1)[:, 1])
+        return torch.cat(out_p).numpy()
+
+    last = min(args.last, len(keep.states))
+    n = len(keep.states)
+    scored = {}
+    for k in range(n - last, n):
+        size, state = keep.states[k]
+        scored[k + 1] = (probs(val, state, size), probs(test, state, size))
+    report = {"seed": args.seed, "epochs": n, "snapshots": {}, "ensembles": {}}
+    for e, (pv, pt) in scored.items():
+        report["snapshots"][e] = {"val_auc": roc_auc_score(y_val, pv), "test_auc": roc_auc_score(y_test, pt)}
+        print(f"epoch {e:2d} ({keep.states[e - 1][0] or ckpt.preprocessing.image_size} px)  "
+              f"val AUC {report['snapshots'][e]['val_auc']:.4f}  test AUC {report['snapshots'][e]['test_auc']:.4f}")
+    epochs = sorted(scored)
+    for j in range(len(epochs) - 1):
+        members = epochs[j:]
+        pv = np.mean([scored[e][0] for e in members], 0)
+        pt = np.mean([scored[e][1] for e in members], 0)
+        name = "+".join(map(str, members))
+        report["ensembles"][name] = {"val_auc": roc_auc_score(y_val, pv), "test_auc": roc_auc_score(y_test, pt)}
+        print(f"mean of epochs {name:12s} val AUC {report['ensembles'][name]['val_auc']:.4f}  "
+              f"test AUC {report['ensembles'][name]['test_auc']:.4f}")
+    final = {"val_auc": report["snapshots"][n]["val_auc"], "test_auc": report["snapshots"][n]["test_auc"]}
+    best = max(report["ensembles"].items(), key=lambda kv: kv[1]["val_auc"], default=None)
+    if best is not None and best[1]["val_auc"] > final["val_auc"]:
+        print(f"kept on validation: mean of epochs {best[0]}: test AUC {best[1]['test_auc']:.4f} "
+              f"(the final epoch alone: {final['test_auc']:.4f})")
+    else:
+        print(f"kept on validation: the final epoch alone, test AUC {final['test_auc']:.4f}")
+    (out / "snapshots.json").write_text(json.dumps(report, indent=2) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, default=DATA, help="the folder holding chest_xray_224/ and kaggle_val_fullres/")
@@ -276,6 +365,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("out")
     p.add_argument("--fraction", type=float, default=0.14, help="side of each corner square, of the image side")
     p.set_defaults(fn=corner_dataset)
+    p = sub.add_parser("snapshots")
+    p.add_argument("out")
+    p.add_argument("--config", default=str(ROOT / "configs" / "offline.yaml"))
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--precision", default="auto")
+    p.add_argument("--last", type=int, default=4, help="the last N epochs are scored and ensembled")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="config overrides")
+    p.set_defaults(fn=snapshots)
     p = sub.add_parser("step-cost")
     p.add_argument("--emulate-avx2", action="store_true", help="cap oneDNN/ATen/MKL at AVX2 (re-executes this script)")
     p.set_defaults(fn=step_cost)
