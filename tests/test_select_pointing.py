@@ -130,3 +130,20 @@ def test_lesion_masks_errors_are_one_line_and_leave_no_run(phantoms, tmp_path):
     assert not (tmp_path / "run").exists()
     with pytest.raises(ConfigError, match="read only by train.select: pointing"):
         load_config(None, {**TINY, "train.lesion_masks": str(other)}).validate()
+
+
+def test_a_kept_epoch_far_behind_on_val_loss_is_flagged(tmp_path):
+    """A model that never learns to point keeps its luckiest early epoch; the run says so."""
+    from pneumoscope.training.run import selection_caveat
+
+    head = "epoch,stage,train_loss,train_acc,val_loss,val_acc,val_auc,val_pointing,lr,samples,seconds\n"
+    rows = ["1,s,0.7,0.5,0.69,0.52,0.66,0.52,0.001,8,1", "2,s,0.6,0.6,0.59,0.59,0.73,0.73,0.001,8,1",
+            "3,s,0.4,0.9,0.20,0.96,0.99,0.50,0.001,8,1", "4,s,0.3,0.9,0.18,0.97,0.99,0.45,0.001,8,1"]
+    csv_path = tmp_path / "metrics.csv"
+    csv_path.write_text(head + "\n".join(rows) + "\n")
+    msg = selection_caveat(csv_path, kept_epoch=2)
+    assert msg and "kept epoch 2" in msg and "epoch 4 reached val_loss 0.180" in msg
+    assert selection_caveat(csv_path, kept_epoch=3) is None  # 0.20 is within 1.5x of 0.18
+    # Lower-resolution epochs (no pointing) do not count as the yardstick.
+    csv_path.write_text(head + "1,a,0.3,0.9,0.05,0.99,0.99,,0.001,8,1\n" + "\n".join(rows[2:]) + "\n")
+    assert selection_caveat(csv_path, kept_epoch=3) is None

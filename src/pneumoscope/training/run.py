@@ -414,6 +414,10 @@ def _train(cfg: Config, data: str | Path, out: str | Path, resume: bool, progres
     if rank0:
         if (out / "metrics.csv").is_file():
             plot_training_curves(out / "metrics.csv", out / "curves.png", kept_epoch=run_state["best_epoch"] or None)
+            caveat = selection_caveat(out / "metrics.csv", run_state["best_epoch"]) if cfg.train.select == "pointing" else None
+            if caveat:
+                warnings.warn(caveat, stacklevel=2)
+                summary["selection_caveat"] = caveat
         atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
     return TrainResult(out, ckpt, run_state["best_val_loss"], run_state["best_epoch"], seconds, summary, rank0)
 
@@ -454,6 +458,27 @@ def _validation_pointing(
         )
     images = val.decoded(progress=False)[[i for i, _ in found]]
     return ValidationPointing(images, np.stack([m for _, m in found]), layer, prep, tuple(CLASS_NAMES))
+
+
+def selection_caveat(metrics_csv: Path, kept_epoch: int, factor: float = 1.5) -> str | None:
+    """A warning when ``train.select: pointing`` kept an epoch whose val_loss is more than
+    ``factor`` times the lowest val_loss of the epochs it compared (those with a
+    ``val_pointing``): a model that never learnt to point keeps its luckiest early epoch, which
+    may be under-trained. None when the kept epoch is not far behind."""
+    from .curves import read_metrics
+
+    rows = [r for r in read_metrics(metrics_csv) if math.isfinite(float(r["val_pointing"]))
+            and math.isfinite(float(r["val_loss"]))]
+    kept = next((r for r in rows if int(r["epoch"]) == kept_epoch), None)
+    if kept is None:
+        return None
+    lowest = min(rows, key=lambda r: float(r["val_loss"]))
+    if float(kept["val_loss"]) <= factor * float(lowest["val_loss"]):
+        return None
+    return (f"train.select: pointing kept epoch {kept_epoch} (validation pointing {float(kept['val_pointing']):.2f}, "
+            f"val_loss {float(kept['val_loss']):.3f}), but epoch {int(lowest['epoch'])} reached val_loss "
+            f"{float(lowest['val_loss']):.3f}: the kept model may be under-trained; compare the epochs in "
+            "metrics.csv and curves.png, or train with train.select: best")
 
 
 def _samples_per_epoch(metrics_csv: Path) -> list[int]:
