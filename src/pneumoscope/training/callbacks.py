@@ -40,6 +40,11 @@ def _better(score: tuple[float, ...], best: Any) -> bool:
     return best is None or score > tuple(best)
 
 
+def _score_from_loss(loss: float) -> list[float] | None:
+    """The ``best`` score state written before selection scores held a validation loss; as a score."""
+    return None if math.isinf(loss) else [-float(loss)]
+
+
 class ValidationPointing(L.Callback):
     """After every validation of a full-size stage: ``val_pointing`` in the trainer's metrics.
 
@@ -113,7 +118,7 @@ class RestoreBestWeights(L.Callback):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         best = state.get("best")
         if isinstance(best, (int, float)):  # written before selection scores: a validation loss
-            best = None if math.isinf(best) else [-float(best)]
+            best = _score_from_loss(best)
         self.best = tuple(best) if best is not None else None
 
 
@@ -144,8 +149,8 @@ class ExportBest(L.Callback):
             return
         score = selection_score(trainer, self.select)
         best = self.run_state.get("best_score")
-        if best is None and math.isfinite(self.run_state.get("best_val_loss", math.inf)):
-            best = [-self.run_state["best_val_loss"]]  # a run resumed from before selection scores
+        if best is None:  # a run resumed from before selection scores kept only its loss
+            best = _score_from_loss(self.run_state.get("best_val_loss", math.inf))
         if self.select == "last" or _better(score, best):
             self.run_state["best_score"] = list(score)
             self.run_state["best_val_loss"] = _metric(trainer, "val_loss")

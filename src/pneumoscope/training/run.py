@@ -438,7 +438,6 @@ def _validation_pointing(
         where = f"{Path(data).resolve() / 'masks'}/<split>/PNEUMONIA/<image name> as `pneumoscope synth` writes them"
         paths = {i: beside_mask(Path(data), samples[i].path) for i in candidates}
         found = [(i, read_mask(m, prep.image_size)) for i, m in paths.items() if m is not None]
-        found = [(i, m) for i, m in found if m.any()]  # a lesion too small for the model's grid cannot be hit
     else:
         source = Path(lesion_masks)
         if not source.exists():
@@ -450,7 +449,9 @@ def _validation_pointing(
             masks = lesion_ground_truth([samples[i] for i in candidates], prep.image_size, **kind)
         except DataError as exc:
             raise ConfigError(f"train.lesion_masks: {exc}") from None
-        found = [(i, m) for i, m in zip(candidates, masks) if m is not None and m.any()]
+        found = [(i, m) for i, m in zip(candidates, masks) if m is not None]
+    # An empty mask (an RSNA Target 0 row, a lesion too small for the model's grid) cannot be hit.
+    found = [(i, m) for i, m in found if m.any()]
     if not found:
         raise ConfigError(
             f"train.select: pointing needs lesion masks for the validation PNEUMONIA images, at {where}; "
