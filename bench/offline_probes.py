@@ -7,6 +7,7 @@
     python bench/offline_probes.py corner-dataset OUT       # a copy of the data with the four corners filled
     python bench/offline_probes.py step-cost [--emulate-avx2]   # ms per image of a training step, and of the augmentation
     python bench/offline_probes.py snapshots OUT [--seed 42]    # train offline.yaml once; snapshot ensembles of its epochs
+    python bench/offline_probes.py series PRED.csv [...] [--texture]   # ROC AUC per NORMAL file series of the test split
 
 CKPT is a checkpoint file or a shipped model (``kaggle-offline-v2``). ``--data`` defaults to
 ``../shared/data`` beside the checkout. ``corner-dataset`` writes a dataset to train on with
@@ -213,9 +214,11 @@ def corner_dataset(args: argparse.Namespace) -> None:
 
 
 def step_cost(args: argparse.Namespace) -> None:
-    """Milliseconds per image of offline.yaml's training step (ResNet-18, AdamW, batch 32, fp32,
-    channels-last as training runs it) at each size and ``trainable_from``, and of the batched
-    augmentation at 96 px. Run with ``--emulate-avx2`` for an AVX2-only CPU."""
+    """Milliseconds per image of offline.yaml's training step (ResNet-18, AdamW, fp32) at each
+    size and ``trainable_from``, at batch 32 and channels-last as training runs it, and of the
+    batched augmentation at 96 px. ``--layouts`` also times the 96 px step contiguous and at
+    batch 64, interleaved round by round with the default so the VM's drift hits all alike.
+    Run with ``--emulate-avx2`` for an AVX2-only CPU."""
     import time
 
     import torch
@@ -234,15 +237,18 @@ def step_cost(args: argparse.Namespace) -> None:
             fn()
         return (time.perf_counter() - t0) / repeats / batch * 1000
 
-    torch.manual_seed(0)
-    print(cpu_summary())
-    for size, trainable in ((96, "all"), (128, "all"), (128, "layer2"), (128, "layer3")):
-        model = create_model("resnet18").to(memory_format=torch.channels_last)
+    def make_step(size: int, trainable: str, batch: int = 32, channels_last: bool = True):
+        torch.manual_seed(0)
+        model = create_model("resnet18")
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
         model.set_trainable(trainable)
         model.train()
         opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], 1e-3)
-        x = torch.randn(32, 3, size, size).to(memory_format=torch.channels_last)
-        y = torch.randint(0, 2, (32,))
+        x = torch.randn(batch, 3, size, size)
+        if channels_last:
+            x = x.to(memory_format=torch.channels_last)
+        y = torch.randint(0, 2, (batch,))
 
         def step() -> None:
             loss = F.cross_entropy(model(x), y)
@@ -250,7 +256,23 @@ def step_cost(args: argparse.Namespace) -> None:
             loss.backward()
             opt.step()
 
-        print(f"training step, {size} px, trainable from {trainable}: {per_image(step, 32):.2f} ms/image")
+        return step
+
+    print(cpu_summary())
+    for size, trainable in ((96, "all"), (128, "all"), (128, "layer2"), (128, "layer3")):
+        print(f"training step, {size} px, trainable from {trainable}: "
+              f"{per_image(make_step(size, trainable), 32):.2f} ms/image")
+    if args.layouts:
+        variants = {"batch 32, channels-last": (32, True), "batch 32, contiguous": (32, False),
+                    "batch 64, channels-last": (64, True)}
+        steps = {k: make_step(96, "all", b, cl) for k, (b, cl) in variants.items()}
+        times: dict[str, list[float]] = {k: [] for k in variants}
+        for _ in range(5):
+            for k, fn in steps.items():
+                times[k].append(per_image(fn, variants[k][0], repeats=3))
+        for k, v in times.items():
+            print(f"training step, 96 px, {k}: median {np.median(v):.2f} ms/image over 5 rounds "
+                  f"({min(v):.2f}-{max(v):.2f})")
     cfg = load_config(ROOT / "configs" / "offline.yaml")
     raw = torch.randint(0, 256, (32, 1, 128, 128), dtype=torch.uint8)
     gen = torch.Generator().manual_seed(0)
@@ -350,6 +372,87 @@ def snapshots(args: argparse.Namespace) -> None:
     (out / "snapshots.json").write_text(json.dumps(report, indent=2) + "\n")
 
 
+SERIES = r"^((?:NORMAL2-)?IM-\d\d)"  # NORMAL file names: IM-0123-0001, NORMAL2-IM-0123-0001; series IM-01xx
+
+
+def _series(name: str) -> str:
+    import re
+
+    m = re.match(SERIES, name)
+    return f"{m.group(1)}xx" if m else "other"
+
+
+def _texture(files: list[Path], size: int = 96) -> np.ndarray:
+    """Mean |Laplacian| of the central 60 % of each image as the model's 96 px stage sees it
+    (equalised at 128 px, resampled to 96): fine texture and detail, lower in softer images."""
+    import torch.nn.functional as F
+
+    from pneumoscope.config import IMAGENET_MEAN, IMAGENET_STD
+    from pneumoscope.data.dataset import decode_images
+    from pneumoscope.data.transforms import Preprocessing
+
+    prep = Preprocessing(128, IMAGENET_MEAN, IMAGENET_STD, "equalize")
+    x = decode_images(files, prep, progress=False).float()[:, None] / 255
+    x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)[:, 0]
+    lo, hi = int(size * 0.2), int(size * 0.8)
+    c = x[:, lo:hi, lo:hi]
+    lap = (4 * c[:, 1:-1, 1:-1] - c[:, :-2, 1:-1] - c[:, 2:, 1:-1] - c[:, 1:-1, :-2] - c[:, 1:-1, 2:]).abs()
+    return lap.mean(dim=(1, 2)).numpy()
+
+
+def series(args: argparse.Namespace) -> None:
+    """Where the test errors sit: the ROC AUC of each NORMAL file series of the test split
+    against every PNEUMONIA image, from ``predictions.csv`` files of ``pneumoscope evaluate``
+    (one per run). The series are the hundreds of the file number (``NORMAL2-IM-01xx``): the
+    numbers run with time, and the training split's NORMAL2 series starts at 0300.
+    ``--texture`` adds, per series, the images' fine texture as the model sees it (median mean
+    |Laplacian|), the same for the training classes, and, for the first file, the Spearman
+    correlation of P(PNEUMONIA) with texture inside each series."""
+    import csv
+
+    from scipy.stats import spearmanr
+    from sklearn.metrics import roc_auc_score
+
+    runs = []
+    for f in args.predictions:
+        with open(f, newline="", encoding="utf-8") as fh:
+            rows = list(csv.DictReader(fh))
+        if not rows or not {"path", "true_label", "prob_pneumonia"} <= set(rows[0]):
+            raise SystemExit(f"{f}: expected a predictions.csv of pneumoscope evaluate (path, true_label, prob_pneumonia)")
+        runs.append((f, rows))
+    first = runs[0][1]
+    groups = sorted({_series(Path(r["path"]).name) for r in first if r["true_label"] == "NORMAL"})
+    print("run".ljust(44), "all".rjust(7), *[g.rjust(16) for g in groups])
+    for f, rows in runs:
+        y = np.array([r["true_label"] == "PNEUMONIA" for r in rows])
+        p = np.array([float(r["prob_pneumonia"]) for r in rows])
+        names = [_series(Path(r["path"]).name) for r in rows]
+        cells = []
+        for g in groups:
+            m = np.array([n == g for n in names]) & ~y
+            auc = roc_auc_score(np.r_[np.ones(y.sum()), np.zeros(m.sum())], np.r_[p[y], p[m]])
+            cells.append(f"{auc:.4f} (n={m.sum()})".rjust(16))
+        print(str(f)[-44:].ljust(44), f"{roc_auc_score(y, p):.4f}".rjust(7), *cells)
+    if not args.texture:
+        return
+    root = args.data / "chest_xray_224"
+    train_n = sorted((root / "train" / "NORMAL").glob("*"))[::4]
+    train_p = sorted((root / "train" / "PNEUMONIA").glob("*"))[::12]
+    tn, tp = _texture(train_n), _texture(train_p)
+    auc = roc_auc_score(np.r_[np.zeros(len(tn)), np.ones(len(tp))], -np.r_[tn, tp])
+    print(f"\ntexture (median mean |Laplacian|, 96 px): train NORMAL {np.median(tn):.4f} (every 4th), "
+          f"train PNEUMONIA {np.median(tp):.4f} (every 12th); lower texture as a PNEUMONIA score: AUC {auc:.2f}")
+    paths = [Path(r["path"]) for r in first]
+    tex = _texture(paths)
+    prob = np.array([float(r["prob_pneumonia"]) for r in first])
+    labels = [r["true_label"] for r in first]
+    for g in [*groups, "PNEUMONIA"]:
+        m = np.array([(lab == "PNEUMONIA") if g == "PNEUMONIA" else (lab == "NORMAL" and _series(q.name) == g)
+                      for lab, q in zip(labels, paths)])
+        rho = spearmanr(prob[m], tex[m]).correlation if m.sum() > 2 else float("nan")
+        print(f"test {g:16s} n={m.sum():3d}  texture {np.median(tex[m]):.4f}  Spearman(P(PNEUMONIA), texture) {rho:+.2f}")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, default=DATA, help="the folder holding chest_xray_224/ and kaggle_val_fullres/")
@@ -373,8 +476,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--last", type=int, default=4, help="the last N epochs are scored and ensembled")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="config overrides")
     p.set_defaults(fn=snapshots)
+    p = sub.add_parser("series")
+    p.add_argument("predictions", nargs="+", help="predictions.csv files of pneumoscope evaluate on DATA/chest_xray_224/test")
+    p.add_argument("--texture", action="store_true", help="also the images' fine texture per series and training class")
+    p.set_defaults(fn=series)
     p = sub.add_parser("step-cost")
     p.add_argument("--emulate-avx2", action="store_true", help="cap oneDNN/ATen/MKL at AVX2 (re-executes this script)")
+    p.add_argument("--layouts", action="store_true", help="also the 96 px step contiguous and at batch 64")
     p.set_defaults(fn=step_cost)
     args = ap.parse_args(argv)
     if getattr(args, "emulate_avx2", False) and os.environ.get("ONEDNN_MAX_CPU_ISA") != "AVX2":

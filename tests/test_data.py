@@ -251,3 +251,66 @@ def test_unknown_intensity_mode_is_a_config_error():
 
     with pytest.raises(ConfigError, match="intensity"):
         Preprocessing(32, intensity="clahe2")
+
+
+def test_random_erasing_fills_one_flat_rectangle_per_chosen_image():
+    import torch
+
+    from pneumoscope.data.transforms import ERASE_AREA, random_erase
+
+    x = torch.rand(64, 1, 40, 40)
+    torch.testing.assert_close(random_erase(x, 0.0), x)
+    out = random_erase(x, 1.0, generator=torch.Generator().manual_seed(3))
+    for img, orig in zip(out, x):
+        changed = (img != orig)[0]
+        rows, cols = changed.any(dim=1).nonzero().flatten(), changed.any(dim=0).nonzero().flatten()
+        # One axis-aligned rectangle, all of it one grey, of 2-25 % of the image.
+        box = changed[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+        assert bool(box.all())
+        assert ERASE_AREA[0] * 0.5 <= changed.float().mean() <= ERASE_AREA[1] * 1.2
+        assert img[0][changed].unique().numel() == 1
+    # p is a probability per image; seeded generators reproduce the draw.
+    half = random_erase(x, 0.5, generator=torch.Generator().manual_seed(4))
+    erased = int(((half != x).flatten(1).any(dim=1)).sum())
+    assert 16 <= erased <= 48
+    torch.testing.assert_close(half, random_erase(x, 0.5, generator=torch.Generator().manual_seed(4)))
+
+
+def test_the_augmented_threshold_passes_leave_erasing_out(monkeypatch):
+    import torch
+
+    import pneumoscope.evaluation.evaluate as ev
+    from pneumoscope.config import load_config
+    from pneumoscope.training.calibrate import augmented_logits
+
+    seen: list[torch.Tensor] = []
+
+    def image_logits(predictor, imgs, progress, transform):  # the batches the passes would score
+        seen.append(transform(imgs[:, None].float() / 255))
+        return torch.zeros(len(imgs), 2)
+
+    monkeypatch.setattr(ev, "image_logits", image_logits)
+    cfg = load_config(None, {"data.augment.erase": 1.0, "data.augment.hflip": False, "data.augment.rotation_deg": 0.0,
+                             "data.augment.zoom": 0.0})
+    augmented_logits(None, torch.full((4, 16, 16), 128, dtype=torch.uint8), cfg, draws=2)
+    # Erasing alone is on and every image would be erased at p = 1: the passes see them whole.
+    assert len(seen) == 2 and all(torch.allclose(x, torch.full_like(x, 128 / 255)) for x in seen)
+
+
+def test_balanced_epochs_show_every_minority_image_and_a_fresh_equal_draw_of_the_rest():
+    import torch
+
+    from pneumoscope.data.source import BalancedEpochSampler
+
+    labels = torch.tensor([0] * 10 + [1] * 35)
+    s = BalancedEpochSampler(labels, seed=7)
+    assert len(s) == 20
+    epochs = [list(s) for _ in range(3)]
+    for ep in epochs:
+        assert len(ep) == len(set(ep)) == 20
+        assert sorted(i for i in ep if labels[i] == 0) == list(range(10))
+        assert sum(1 for i in ep if labels[i] == 1) == 10
+    majority = [frozenset(i for i in ep if labels[i] == 1) for ep in epochs]
+    assert len(set(majority)) == 3  # a fresh draw each epoch
+    again = BalancedEpochSampler(labels, seed=7)
+    assert [list(again) for _ in range(3)] == epochs  # every rank draws the same epochs

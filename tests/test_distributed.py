@@ -110,3 +110,40 @@ def test_torchrun_two_nodes_on_loopback(ddp_store, tmp_path):
         assert p.returncode == 0, err[-4000:]
     got = _check_ddp_run(out, rec, s.count("train"), {int(r["id"]) for r in s.rows(("train",))}, 2)
     assert got["summary"]["num_nodes"] == 2 and got["summary"]["devices"] == 1
+
+
+def test_balanced_epochs_under_ddp_are_drawn_alike_and_dealt_out(tmp_path):
+    """train.epoch_sampling: balanced on two CPU processes from in-memory data: each epoch's draw
+    (every NORMAL, as many PNEUMONIA) is the same on both ranks and split between them."""
+    from pneumoscope.data.synth import synth_dataset
+
+    root = tmp_path / "data"
+    synth_dataset(root, n=60, size=40, seed=2, difficulty=0.2)
+    normals = sorted((root / "train" / "NORMAL").iterdir())
+    for f in normals[6:]:
+        f.unlink()
+    n_pneumonia = len(list((root / "train" / "PNEUMONIA").iterdir()))
+    assert n_pneumonia > 6
+    overrides = {**TINY, "data.val_source": "val", "train.epoch_sampling": "balanced", "train.batch_size": 3,
+                 "distributed.devices": 2, "distributed.accelerator": "cpu",
+                 "train.stages": [{"name": "stage1", "epochs": 3, "lr": 1e-3, "early_stopping_patience": 5}]}
+    out, rec = tmp_path / "run", tmp_path / "rec"
+    proc = run_driver(tmp_path, root, out, rec, overrides)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    ranks = [records(rec, r) for r in range(2)]
+    draws = []
+    for e in range(3):
+        seen = [[i for r in rk if r["kind"] == "batch" and r["epoch"] == e for i in r["ids"]] for rk in ranks]
+        assert len(seen[0]) == len(seen[1]) == 6 and not set(seen[0]) & set(seen[1])
+        draws.append(frozenset(seen[0]) | frozenset(seen[1]))
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["train_counts"]["NORMAL"] == 6 and summary["samples_per_epoch"] == [12, 12, 12]
+    assert summary["class_weights"] is None
+    # The ids are indices into the in-memory training images, listed in that order in splits.csv.
+    import csv
+
+    train_rows = [r for r in csv.DictReader(open(out / "splits.csv")) if r["split"] == "train"]
+    normal_ids = {i for i, r in enumerate(train_rows) if r["label"] == "NORMAL"}
+    assert len(normal_ids) == 6
+    assert all(normal_ids <= d for d in draws)  # every NORMAL in every epoch
+    assert len(set(draws)) > 1  # PNEUMONIA drawn afresh

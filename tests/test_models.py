@@ -97,6 +97,7 @@ RESNET_STAGES = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3"
 # backbone exported from a pneumoscope model; the only style of the backbones torchvision lacks).
 WEIGHT_STYLES = {
     "vgg19": ("torchvision",),
+    "resnet10": ("pneumoscope",),
     "resnet18": ("torchvision", "pneumoscope"),
     "resnet34": ("torchvision", "pneumoscope"),
     "resnet50": ("torchvision", "pneumoscope"),

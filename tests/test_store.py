@@ -222,6 +222,10 @@ def test_train_streams_from_the_store(run_cli, store, tmp_path):
     bad = run_cli("train", "--data", store, "--out", tmp_path / "bad2", "--backbone", "vgg_tiny", "--weights", "none",
                   "--image-size", "32", "--epochs", "1", "--device", "cpu", "--val-source", "val")
     assert_user_error(bad, "--val-source split")
+    bad = run_cli("train", "--data", store, "--out", tmp_path / "bad3", "--backbone", "vgg_tiny", "--weights", "none",
+                  "--image-size", "32", "--epochs", "1", "--device", "cpu", "--set", "train.epoch_sampling=balanced")
+    assert_user_error(bad, str(store), "epoch_sampling", "streamed")
+    assert not (tmp_path / "bad3").exists()
 
 
 def test_distributed_flags_are_config_keys_and_checked(run_cli, store, tmp_path):

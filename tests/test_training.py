@@ -239,6 +239,23 @@ def test_select_last_exports_the_final_epoch(tmp_path, synth_root):
         load_config(None, {**TINY, "train.select": "median"})
 
 
+def test_balanced_epochs_train_on_twice_the_smaller_class_with_unit_loss_weights(tmp_path, synth_root):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(synth_root, data)
+    for f in sorted((data / "train" / "NORMAL").iterdir())[:7]:  # 10 NORMAL against 17 PNEUMONIA
+        f.unlink()
+    cfg = load_config(None, {**TINY, "train.epoch_sampling": "balanced", "train.stages": [
+        {"name": "s", "epochs": 2, "lr": 1e-3, "trainable_from": "all"}]})
+    r = train(cfg, data, tmp_path / "run", progress=False)
+    assert r.summary["train_counts"] == {"NORMAL": 10, "PNEUMONIA": 17}
+    assert r.summary["samples_per_epoch"] == [20, 20]
+    assert r.summary["class_weights"] is None
+    with pytest.raises(ConfigError, match="epoch_sampling"):
+        load_config(None, {**TINY, "train.epoch_sampling": "oversample"})
+
+
 def test_without_progress_bars_each_epoch_prints_one_line(tmp_path, synth_root, capsys):
     cfg = load_config(None, TINY)
     train(cfg, synth_root, tmp_path / "run", progress=False)

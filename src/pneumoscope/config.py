@@ -46,6 +46,10 @@ class AugmentConfig:
     brightness: float = 0.0  # additive shift in [-brightness, brightness] (intensities in [0, 1])
     sharpness: float = 0.0  # unsharp-mask weight in [-sharpness, sharpness]
     noise: float = 0.0  # Gaussian noise, std drawn uniformly in [0, noise]
+    # Random erasing (Zhong et al. 2020): with this probability per image, one rectangle of 2-25 %
+    # of the image (aspect 1/3-3) is filled with a flat grey drawn uniformly, so no one small region
+    # (a marker, a corner, burned-in text) can decide the label alone.
+    erase: float = 0.0
 
 
 @dataclass
@@ -114,6 +118,10 @@ class TrainConfig:
     # > 0: mixup (Zhang et al. 2018) with mixing weights drawn from Beta(mixup, mixup) per batch:
     # each training batch is blended with a shuffled copy of itself and the loss with both labels.
     mixup: float = 0.0
+    # Which training images an epoch shows: "all" (each once, shuffled); "balanced" (every image
+    # of the smallest class and as many drawn afresh from each other class, shuffled: shorter
+    # epochs in which the classes are equal, so the loss weights stay 1). In-memory data only.
+    epoch_sampling: str = "all"
     # Which weights become best.ckpt: "best" = lowest val_loss over all epochs and stages (the
     # seed's, Keras' restore_best_weights); "last" = the end of the schedule (one-cycle runs,
     # whose short-lived low-loss epochs early on are noise rather than a better model);
@@ -202,6 +210,8 @@ class Config:
         if self.train.lesion_masks and self.train.select != "pointing":
             raise ConfigError(f"train.lesion_masks is read only by train.select: pointing, and select is "
                               f"{self.train.select!r}; set both or neither")
+        if self.train.epoch_sampling not in ("all", "balanced"):
+            raise ConfigError(f"train.epoch_sampling must be all or balanced, not {self.train.epoch_sampling!r}")
         if self.train.mixup < 0:
             raise ConfigError(f"train.mixup must be >= 0 (0 = off), not {self.train.mixup}")
         if not 0.0 <= self.train.ema_decay < 1.0:
@@ -216,6 +226,8 @@ class Config:
         for key in ("rotation_deg", "zoom", "aspect", "translate", "gamma", "contrast", "brightness", "sharpness", "noise"):
             if getattr(aug, key) < 0:
                 raise ConfigError(f"data.augment.{key} must be >= 0, not {getattr(aug, key)}")
+        if not 0.0 <= aug.erase <= 1.0:
+            raise ConfigError(f"data.augment.erase is a probability per image, in [0, 1], not {aug.erase}")
         if not aug.zoom < 1.0:
             raise ConfigError(f"data.augment.zoom must be < 1 (scale 1 ± zoom), not {aug.zoom}; use zoom_range for more")
         lo, hi = aug.zoom_range

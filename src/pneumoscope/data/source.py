@@ -38,9 +38,11 @@ class ImageSource(Protocol):
     def class_counts(self) -> list[int]: ...
 
     def loader(
-        self, batch_size: int, *, train: bool, seed: int, workers: int = 0, world_size: int = 1
+        self, batch_size: int, *, train: bool, seed: int, workers: int = 0, world_size: int = 1,
+        balanced: bool = False,
     ) -> torch.utils.data.DataLoader:
-        """Batches for training (shuffled, equal count on every rank) or evaluation (in order, all)."""
+        """Batches for training (shuffled, equal count on every rank; ``balanced``: class-balanced
+        epochs, see :class:`BalancedEpochSampler`) or evaluation (in order, all)."""
         ...
 
     def rows(self) -> Iterator[tuple[str, str, str]]:
@@ -54,6 +56,31 @@ class ImageSource(Protocol):
     def decoded(self, progress: bool = True) -> torch.Tensor:
         """Every image at once, (N, S, S) uint8, for evaluation and calibration (one process)."""
         ...
+
+
+class BalancedEpochSampler(torch.utils.data.Sampler[int]):
+    """Each epoch: every image of the smallest class and as many drawn afresh from each other class.
+
+    Draws without replacement, shuffled. Epoch ``k`` (counted by the calls to ``iter``) is seeded
+    by ``seed`` and ``k`` alone, so every DDP rank draws the same epoch (Lightning then deals it
+    out with its distributed sampler wrapper).
+    """
+
+    def __init__(self, labels: torch.Tensor, seed: int) -> None:
+        self.by_class = [torch.nonzero(labels == c).flatten() for c in range(int(labels.max()) + 1)]
+        self.by_class = [ix for ix in self.by_class if len(ix)]
+        self.per_class = min(len(ix) for ix in self.by_class)
+        self.seed, self.epoch = seed, 0
+
+    def __len__(self) -> int:
+        return self.per_class * len(self.by_class)
+
+    def __iter__(self) -> Iterator[int]:
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        self.epoch += 1
+        picked = [ix[torch.randperm(len(ix), generator=gen)[: self.per_class]] for ix in self.by_class]
+        order = torch.cat(picked)[torch.randperm(len(self), generator=gen)]
+        return iter(order.tolist())
 
 
 class MemorySource:
@@ -70,15 +97,20 @@ class MemorySource:
         return self.dataset.class_counts()
 
     def loader(
-        self, batch_size: int, *, train: bool, seed: int, workers: int = 0, world_size: int = 1
+        self, batch_size: int, *, train: bool, seed: int, workers: int = 0, world_size: int = 1,
+        balanced: bool = False,
     ) -> torch.utils.data.DataLoader:
         # One loader per role for the whole run: its shuffling generator carries on from stage
         # to stage. Under DDP Lightning swaps in a DistributedSampler (seeded alike on every rank).
         if train not in self._loaders:
             gen = torch.Generator().manual_seed(seed) if train else None
-            self._loaders[train] = torch.utils.data.DataLoader(
-                self.dataset, batch_size=batch_size, shuffle=train, generator=gen
-            )
+            if train and balanced:
+                sampler = BalancedEpochSampler(self.dataset.labels, seed)
+                self._loaders[train] = torch.utils.data.DataLoader(self.dataset, batch_size=batch_size, sampler=sampler)
+            else:
+                self._loaders[train] = torch.utils.data.DataLoader(
+                    self.dataset, batch_size=batch_size, shuffle=train, generator=gen
+                )
         return self._loaders[train]
 
     def rows(self) -> Iterator[tuple[str, str, str]]:
@@ -107,9 +139,13 @@ class StoreSource:
         return self.store.class_counts(self.subset)
 
     def loader(
-        self, batch_size: int, *, train: bool, seed: int, workers: int = 0, world_size: int = 1
+        self, batch_size: int, *, train: bool, seed: int, workers: int = 0, world_size: int = 1,
+        balanced: bool = False,
     ) -> torch.utils.data.DataLoader:
         from litdata import StreamingDataLoader
+
+        if balanced:  # open_training_data refuses it first, with the store's path
+            raise ConfigError("train.epoch_sampling: balanced needs in-memory data; a store is streamed")
 
         # Training: shuffled; under DDP LitData gives every rank the same number of whole
         # batches (so no rank waits for another's gradients) and leaves out the rest of the
@@ -140,14 +176,14 @@ class SourceDataModule(L.LightningDataModule):
     """
 
     def __init__(self, train: ImageSource, val: ImageSource, batch_size: int, seed: int, workers: int = 0,
-                 world_size: int = 1) -> None:
+                 world_size: int = 1, balanced: bool = False) -> None:
         super().__init__()
-        self.train, self.val = train, val
+        self.train, self.val, self.balanced = train, val, balanced
         self.batch_size, self.seed, self.workers, self.world_size = batch_size, seed, workers, world_size
 
     def train_dataloader(self) -> torch.utils.data.DataLoader:
         return self.train.loader(self.batch_size, train=True, seed=self.seed, workers=self.workers,
-                                 world_size=self.world_size)
+                                 world_size=self.world_size, balanced=self.balanced)
 
     def val_dataloader(self) -> torch.utils.data.DataLoader:
         return self.val.loader(max(self.batch_size, 64), train=False, seed=self.seed, workers=self.workers,
@@ -207,6 +243,11 @@ def open_training_data(data: str | Path, cfg: Any, prep: Preprocessing, progress
                 f"seed {split['seed']}, made by prepare), not one with val_fraction {cfg.data.val_fraction} and "
                 f"seed {cfg.train.seed}",
                 stacklevel=2,
+            )
+        if getattr(cfg.train, "epoch_sampling", "all") != "all":
+            raise ConfigError(
+                f"{data}: train.epoch_sampling {cfg.train.epoch_sampling!r} draws from images held in memory, and a "
+                "store is streamed in chunks; train with epoch_sampling: all (the loss weights balance the classes)"
             )
         return TrainingData(StoreSource(store, "train"), StoreSource(store, "val"), store.val_source, "store")
     splits = load_splits(data, cfg.data.val_source, cfg.data.val_fraction, cfg.train.seed)

@@ -179,6 +179,38 @@ def random_intensity(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Gener
     return x
 
 
+ERASE_AREA = (0.02, 0.25)  # fraction of the image one erased rectangle covers
+ERASE_ASPECT = (1 / 3, 3.0)  # its height / width
+
+
+def random_erase(x: torch.Tensor, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """With probability ``p`` per image, fill one random rectangle with a flat random grey.
+
+    The rectangle covers :data:`ERASE_AREA` of the image at an aspect in :data:`ERASE_ASPECT`
+    (both log-uniform for the aspect), placed wholly inside it. Batch (N, C, H, W) in [0, 1].
+    """
+    n, _, h, w = x.shape
+    if p <= 0 or n == 0:
+        return x
+    u = _uniform(5 * n, generator).view(5, n)
+    area = (ERASE_AREA[0] + u[0] * (ERASE_AREA[1] - ERASE_AREA[0])) * h * w
+    lo, hi = math.log(ERASE_ASPECT[0]), math.log(ERASE_ASPECT[1])
+    aspect = torch.exp(lo + u[1] * (hi - lo))
+    eh = torch.sqrt(area * aspect).clamp(1, h)
+    ew = torch.sqrt(area / aspect).clamp(1, w)
+    top = u[2] * (h - eh)
+    left = u[3] * (w - ew)
+    on = _uniform(n, generator) < p
+    dev, dt = x.device, x.dtype
+    rows = torch.arange(h, dtype=torch.float32).view(1, h, 1)
+    cols = torch.arange(w, dtype=torch.float32).view(1, 1, w)
+    inside = ((rows >= top.view(n, 1, 1)) & (rows < (top + eh).view(n, 1, 1))
+              & (cols >= left.view(n, 1, 1)) & (cols < (left + ew).view(n, 1, 1)) & on.view(n, 1, 1))
+    fill = u[4].view(n, 1, 1, 1).to(device=dev, dtype=dt)
+    return torch.where(inside[:, None].to(dev), fill, x)
+
+
 def augment_batch(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Geometric then photometric augmentation of a batch (N, C, H, W) in [0, 1]."""
-    return random_intensity(random_flip_rotate_zoom(x, cfg, generator), cfg, generator)
+    """Geometric then photometric augmentation of a batch (N, C, H, W) in [0, 1], then erasing."""
+    x = random_intensity(random_flip_rotate_zoom(x, cfg, generator), cfg, generator)
+    return random_erase(x, cfg.erase, generator) if cfg.erase > 0 else x

@@ -36,6 +36,23 @@ def resnet18(weights: str | None = None, num_classes: int = 2) -> Classifier:
 
 
 @register_model(
+    "resnet10",
+    min_input_size=32,
+    default_layer="layer4",
+    finetune_from="layer4",
+    description="ResNet-18 with one residual block per stage instead of two + the seed head; 5.0 M parameters, "
+                "about half the compute; no ImageNet weights (from scratch or a local file)",
+)
+def resnet10(weights: str | None = None, num_classes: int = 2) -> Classifier:
+    from torchvision.models.resnet import BasicBlock, ResNet
+
+    model = _resnet_classifier(ResNet(BasicBlock, [1, 1, 1, 1]), num_classes)
+    if weights is not None:
+        load_backbone_weights(model, weights, "resnet10", None, to_features)
+    return model
+
+
+@register_model(
     "resnet34",
     min_input_size=32,
     default_layer="layer4",

@@ -8,11 +8,10 @@ figures computed at the stored threshold stay honest.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -166,7 +165,7 @@ def calibrate_logits(
     if op_labels is not labels:
         # Report what the chosen threshold does on the validation images as they are, too.
         plain = prob >= op.threshold
-        op = dataclasses.replace(
+        op = replace(
             op, sensitivity=float(plain[labels == 1].mean()), specificity=float((~plain[labels == 0]).mean()),
             n=int(labels.size), n_positive=int((labels == 1).sum()), n_negative=int((labels == 0).sum()),
         )
@@ -204,7 +203,9 @@ def augmented_logits(predictor: Any, images: torch.Tensor, cfg: Config, draws: i
     from ..evaluation.evaluate import image_logits
 
     gen = torch.Generator().manual_seed(int(cfg.train.seed))
-    aug = cfg.data.augment
+    # The passes model another site's framing, shape and exposure; erasing is a regulariser of
+    # training, not a trait of any site, so it is left out.
+    aug = replace(cfg.data.augment, erase=0.0)
     return torch.cat([
         image_logits(predictor, images, progress, transform=lambda x: augment_batch(x, aug, generator=gen))
         for _ in range(draws)

@@ -270,8 +270,9 @@ def _train(cfg: Config, data: str | Path, out: str | Path, resume: bool, progres
     pointing = (_validation_pointing(data, sources.val, prep, cam_layer, cfg.train.lesion_masks)
                 if cfg.train.select == "pointing" else None)
     counts = sources.train.class_counts()
-    # Class balance by loss weights (the same on every rank), never by a sampler.
-    weights = _class_weights(counts, cfg.train.class_weights)
+    # Class balance by loss weights (the same on every rank), or by balanced epochs
+    # (train.epoch_sampling), whose loss weights are then 1.
+    weights = _class_weights(counts, cfg.train.class_weights) if cfg.train.epoch_sampling == "all" else None
     # Only now does the run folder appear: a typo in --data or an offline --weights imagenet
     # must not leave a half-made run that blocks the retry.
     if rank0:
@@ -298,7 +299,8 @@ def _train(cfg: Config, data: str | Path, out: str | Path, resume: bool, progres
         )
 
     loaders = SourceDataModule(sources.train, sources.val, cfg.train.batch_size, cfg.train.seed,
-                               cfg.data.loader_workers, cfg.distributed.world_size)
+                               cfg.data.loader_workers, cfg.distributed.world_size,
+                               balanced=cfg.train.epoch_sampling == "balanced")
     channels_last = channels_last_preferred(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
