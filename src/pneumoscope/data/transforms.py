@@ -186,8 +186,9 @@ ERASE_ASPECT = (1 / 3, 3.0)  # its height / width
 def random_erase(x: torch.Tensor, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
     """With probability ``p`` per image, fill one random rectangle with a flat random grey.
 
-    The rectangle covers :data:`ERASE_AREA` of the image at an aspect in :data:`ERASE_ASPECT`
-    (both log-uniform for the aspect), placed wholly inside it. Batch (N, C, H, W) in [0, 1].
+    The rectangle covers a share of the image drawn uniformly in :data:`ERASE_AREA`, at an
+    aspect drawn log-uniformly in :data:`ERASE_ASPECT`, placed wholly inside the image; the
+    grey is uniform in [0, 1]. Batch (N, C, H, W) in [0, 1].
     """
     n, _, h, w = x.shape
     if p <= 0 or n == 0:
