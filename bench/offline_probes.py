@@ -400,6 +400,25 @@ def _texture(files: list[Path], size: int = 96) -> np.ndarray:
     return lap.mean(dim=(1, 2)).numpy()
 
 
+def series_aucs(rows: list[dict]) -> dict[str, dict]:
+    """ROC AUC of each NORMAL file series against every PNEUMONIA image, from the rows of a
+    ``predictions.csv`` (path, true_label, prob_pneumonia): ``{series: {"auc", "n"}}``, in
+    series order; empty where no NORMAL is named in the Kaggle way or a class is missing."""
+    from sklearn.metrics import roc_auc_score
+
+    y = np.array([r["true_label"] == "PNEUMONIA" for r in rows])
+    p = np.array([float(r["prob_pneumonia"]) for r in rows])
+    names = [_series(Path(r["path"]).name) for r in rows]
+    out: dict[str, dict] = {}
+    if not y.any():
+        return out
+    for g in sorted({n for n, pos in zip(names, y) if not pos} - {"other"}):
+        m = np.array([n == g for n in names]) & ~y
+        auc = roc_auc_score(np.r_[np.ones(y.sum()), np.zeros(m.sum())], np.r_[p[y], p[m]])
+        out[g] = {"auc": float(auc), "n": int(m.sum())}
+    return out
+
+
 def series(args: argparse.Namespace) -> None:
     """Where the test errors sit: the ROC AUC of each NORMAL file series of the test split
     against every PNEUMONIA image, from ``predictions.csv`` files of ``pneumoscope evaluate``
@@ -421,17 +440,15 @@ def series(args: argparse.Namespace) -> None:
             raise SystemExit(f"{f}: expected a predictions.csv of pneumoscope evaluate (path, true_label, prob_pneumonia)")
         runs.append((f, rows))
     first = runs[0][1]
-    groups = sorted({_series(Path(r["path"]).name) for r in first if r["true_label"] == "NORMAL"})
+    groups = list(series_aucs(first))
+    if not groups:
+        raise SystemExit(f"{runs[0][0]}: no NORMAL image named like the Kaggle series (IM-0123-0001, NORMAL2-IM-0123-0001)")
     print("run".ljust(44), "all".rjust(7), *[g.rjust(16) for g in groups])
     for f, rows in runs:
         y = np.array([r["true_label"] == "PNEUMONIA" for r in rows])
         p = np.array([float(r["prob_pneumonia"]) for r in rows])
-        names = [_series(Path(r["path"]).name) for r in rows]
-        cells = []
-        for g in groups:
-            m = np.array([n == g for n in names]) & ~y
-            auc = roc_auc_score(np.r_[np.ones(y.sum()), np.zeros(m.sum())], np.r_[p[y], p[m]])
-            cells.append(f"{auc:.4f} (n={m.sum()})".rjust(16))
+        per = series_aucs(rows)
+        cells = [(f"{per[g]['auc']:.4f} (n={per[g]['n']})" if g in per else "—").rjust(16) for g in groups]
         print(str(f)[-44:].ljust(44), f"{roc_auc_score(y, p):.4f}".rjust(7), *cells)
     if not args.texture:
         return
