@@ -8,6 +8,7 @@
     python bench/offline_probes.py step-cost [--emulate-avx2]   # ms per image of a training step, and of the augmentation
     python bench/offline_probes.py snapshots OUT [--seed 42]    # train offline.yaml once; snapshot ensembles of its epochs
     python bench/offline_probes.py series PRED.csv [...] [--texture]   # ROC AUC per NORMAL file series of the test split
+    python bench/offline_probes.py marker-stats             # how often a bright marker sits in the top-left corner, per class
 
 CKPT is a checkpoint file or a shipped model (``kaggle-offline-v2``). ``--data`` defaults to
 ``../shared/data`` beside the checkout. ``corner-dataset`` writes a dataset to train on with
@@ -470,6 +471,34 @@ def series(args: argparse.Namespace) -> None:
         print(f"test {g:16s} n={m.sum():3d}  texture {np.median(tex[m]):.4f}  Spearman(P(PNEUMONIA), texture) {rho:+.2f}")
 
 
+def _top_left_marker(path: Path, box: int = 45, opening: int = 9, lift: float = 60.0, share: float = 0.03) -> bool:
+    """A burned-in marker in the top-left ``box`` px of a 224 px image: over ``share`` of the box
+    is more than ``lift`` grey levels above its grey opening (small bright strokes on a darker
+    background; a lung apex or a shoulder is too broad to count)."""
+    from PIL import Image
+    from scipy import ndimage
+
+    g = np.asarray(Image.open(path).convert("L"), dtype=np.float32)[:box, :box]
+    return bool(((g - ndimage.grey_opening(g, size=(opening, opening))) > lift).mean() > share)
+
+
+def marker_stats(args: argparse.Namespace) -> None:
+    """How often a bright burned-in marker sits in the top-left corner, per class and split, and
+    per NORMAL file series of the test split: a shortcut where it differs between the training
+    classes. A crude detector (top-hat of the corner, :func:`_top_left_marker`), for rates, not
+    for single images."""
+    root = args.data / "chest_xray_224"
+    for split in ("train", "test"):
+        for cls in ("NORMAL", "PNEUMONIA"):
+            files = sorted((root / split / cls).glob("*"))
+            hits = [_top_left_marker(f) for f in files]
+            print(f"{split:5s} {cls:9s} n={len(files):4d}  top-left marker {np.mean(hits):.2f}")
+    files = sorted((root / "test" / "NORMAL").glob("*"))
+    for g in sorted({_series(f.name) for f in files}):
+        hits = [_top_left_marker(f) for f in files if _series(f.name) == g]
+        print(f"test  NORMAL {g:16s} n={len(hits):3d}  top-left marker {np.mean(hits):.2f}")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, default=DATA, help="the folder holding chest_xray_224/ and kaggle_val_fullres/")
@@ -497,6 +526,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("predictions", nargs="+", help="predictions.csv files of pneumoscope evaluate on DATA/chest_xray_224/test")
     p.add_argument("--texture", action="store_true", help="also the images' fine texture per series and training class")
     p.set_defaults(fn=series)
+    p = sub.add_parser("marker-stats")
+    p.set_defaults(fn=marker_stats)
     p = sub.add_parser("step-cost")
     p.add_argument("--emulate-avx2", action="store_true", help="cap oneDNN/ATen/MKL at AVX2 (re-executes this script)")
     p.add_argument("--layouts", action="store_true", help="also the 96 px step contiguous and at batch 64")

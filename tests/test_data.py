@@ -276,7 +276,7 @@ def test_random_erasing_fills_one_flat_rectangle_per_chosen_image():
     torch.testing.assert_close(half, random_erase(x, 0.5, generator=torch.Generator().manual_seed(4)))
 
 
-def test_the_augmented_threshold_passes_leave_erasing_out(monkeypatch):
+def test_the_augmented_threshold_passes_leave_erasing_and_markers_out(monkeypatch):
     import torch
 
     import pneumoscope.evaluation.evaluate as ev
@@ -290,11 +290,46 @@ def test_the_augmented_threshold_passes_leave_erasing_out(monkeypatch):
         return torch.zeros(len(imgs), 2)
 
     monkeypatch.setattr(ev, "image_logits", image_logits)
-    cfg = load_config(None, {"data.augment.erase": 1.0, "data.augment.hflip": False, "data.augment.rotation_deg": 0.0,
-                             "data.augment.zoom": 0.0})
-    augmented_logits(None, torch.full((4, 16, 16), 128, dtype=torch.uint8), cfg, draws=2)
-    # Erasing alone is on and every image would be erased at p = 1: the passes see them whole.
+    cfg = load_config(None, {"data.augment.erase": 1.0, "data.augment.markers": 1.0, "data.augment.hflip": False,
+                             "data.augment.rotation_deg": 0.0, "data.augment.zoom": 0.0})
+    augmented_logits(None, torch.full((4, 64, 64), 128, dtype=torch.uint8), cfg, draws=2)
+    # Only erasing and markers are on, each at p = 1: the passes see the images untouched.
     assert len(seen) == 2 and all(torch.allclose(x, torch.full_like(x, 128 / 255)) for x in seen)
+
+
+def test_markers_are_burned_in_near_a_corner_of_the_chosen_images():
+    import torch
+
+    from pneumoscope.data.transforms import MARKER_BAND, random_markers
+
+    x = torch.full((48, 1, 64, 64), 0.3)
+    torch.testing.assert_close(random_markers(x, 0.0), x)
+    out = random_markers(x, 1.0, generator=torch.Generator().manual_seed(2))
+    corners = set()
+    for img in out[:, 0]:
+        changed = (img - 0.3).abs() > 1e-6
+        assert changed.sum() >= 4  # every image got a marker
+        rows, cols = changed.any(dim=1).nonzero().flatten(), changed.any(dim=0).nonzero().flatten()
+        band = int(MARKER_BAND * 64)
+        top, left = int(rows.max()) < band, int(cols.max()) < band
+        bottom, right = int(rows.min()) >= 64 - band, int(cols.min()) >= 64 - band
+        assert (top or bottom) and (left or right)  # inside the band of one corner
+        corners.add((top, left))
+        assert float(img.max()) > 0.6  # bright, as lead markers are (small ones antialiased)
+    assert len(corners) == 4  # all four corners get them
+    half = random_markers(x, 0.5, generator=torch.Generator().manual_seed(3))
+    marked = int(((half - x).abs().flatten(1) > 1e-6).any(dim=1).sum())
+    assert 12 <= marked <= 36
+    torch.testing.assert_close(half, random_markers(x, 0.5, generator=torch.Generator().manual_seed(3)))
+
+
+def test_erase_and_markers_are_probabilities():
+    from pneumoscope.config import load_config
+    from pneumoscope.errors import ConfigError
+
+    for key in ("erase", "markers"):
+        with pytest.raises(ConfigError, match=f"data.augment.{key}"):
+            load_config("demo", {f"data.augment.{key}": 1.5})
 
 
 def test_balanced_epochs_show_every_minority_image_and_a_fresh_equal_draw_of_the_rest():

@@ -50,6 +50,11 @@ class AugmentConfig:
     # of the image (aspect 1/3-3) is filled with a flat grey drawn uniformly, so no one small region
     # (a marker, a corner, burned-in text) can decide the label alone.
     erase: float = 0.0
+    # With this probability per image, a bright "R" or "L" lead marker (5-15 % of the side high)
+    # is burned in near a random corner, on both classes alike, so a marker's style or place
+    # cannot carry the label (in the Kaggle train split a large top-left marker is several times
+    # as common on PNEUMONIA images).
+    markers: float = 0.0
 
 
 @dataclass
@@ -226,8 +231,9 @@ class Config:
         for key in ("rotation_deg", "zoom", "aspect", "translate", "gamma", "contrast", "brightness", "sharpness", "noise"):
             if getattr(aug, key) < 0:
                 raise ConfigError(f"data.augment.{key} must be >= 0, not {getattr(aug, key)}")
-        if not 0.0 <= aug.erase <= 1.0:
-            raise ConfigError(f"data.augment.erase is a probability per image, in [0, 1], not {aug.erase}")
+        for key in ("erase", "markers"):
+            if not 0.0 <= getattr(aug, key) <= 1.0:
+                raise ConfigError(f"data.augment.{key} is a probability per image, in [0, 1], not {getattr(aug, key)}")
         if not aug.zoom < 1.0:
             raise ConfigError(f"data.augment.zoom must be < 1 (scale 1 ± zoom), not {aug.zoom}; use zoom_range for more")
         lo, hi = aug.zoom_range

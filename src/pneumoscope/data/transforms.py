@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass
 
@@ -211,7 +212,65 @@ def random_erase(x: torch.Tensor, p: float, generator: torch.Generator | None = 
     return torch.where(inside[:, None].to(dev), fill, x)
 
 
+MARKER_TEXTS = ("R", "L")  # the lead laterality markers burned into radiographs
+MARKER_HEIGHT = (0.05, 0.15)  # a marker's cap height, as a fraction of the image side
+MARKER_BAND = 0.3  # markers sit within this fraction of the side from a corner
+
+
+@functools.lru_cache(maxsize=128)
+def _glyph(text: str, px: int) -> torch.Tensor:
+    """``text`` in Pillow's bundled font at ``px`` points: an alpha mask (h, w) in [0, 1]."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default(size=px)
+    left, top, right, bottom = ImageDraw.Draw(Image.new("L", (1, 1))).textbbox((0, 0), text, font=font)
+    im = Image.new("L", (right - left + 2, bottom - top + 2))
+    ImageDraw.Draw(im).text((1 - left, 1 - top), text, fill=255, font=font)
+    return torch.from_numpy(np.asarray(im, dtype=np.float32) / 255.0)
+
+
+def random_markers(x: torch.Tensor, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """With probability ``p`` per image, burn in a bright "R" or "L" marker near a random corner.
+
+    Radiographs carry lead laterality markers whose size, style and place depend on the site and
+    the period; where they differ between the classes of a training set they are a shortcut
+    (in the Kaggle train split a large marker at the top left is several times as common on
+    PNEUMONIA images). Drawing them on images of both classes at random takes that cue away.
+    The marker's cap height is drawn in :data:`MARKER_HEIGHT` of the side, its place within
+    :data:`MARKER_BAND` of one of the four corners, its grey in [0.85, 1]. Batch (N, C, H, W) in [0, 1].
+    """
+    n, _, h, w = x.shape
+    if p <= 0 or n == 0:
+        return x
+    u = _uniform(7 * n, generator).view(7, n).tolist()
+    out = x.clone()
+    for i in range(n):
+        if u[0][i] >= p:
+            continue
+        text = MARKER_TEXTS[min(int(u[1][i] * len(MARKER_TEXTS)), len(MARKER_TEXTS) - 1)]
+        cap = h * (MARKER_HEIGHT[0] + u[2][i] * (MARKER_HEIGHT[1] - MARKER_HEIGHT[0]))
+        glyph = _glyph(text, max(6, round(cap / 0.72)))  # the font's cap height is ~0.72 of its size
+        gh, gw = glyph.shape
+        if gh >= h or gw >= w:
+            continue
+        corner = min(int(u[3][i] * 4), 3)
+        y0 = int(u[4][i] * max(0, int(MARKER_BAND * h) - gh))
+        x0 = int(u[5][i] * max(0, int(MARKER_BAND * w) - gw))
+        if corner >= 2:
+            y0 = h - gh - y0
+        if corner % 2:
+            x0 = w - gw - x0
+        alpha = glyph.to(device=x.device, dtype=x.dtype)
+        grey = 0.85 + 0.15 * u[6][i]
+        patch = out[i, :, y0:y0 + gh, x0:x0 + gw]
+        out[i, :, y0:y0 + gh, x0:x0 + gw] = patch * (1 - alpha) + grey * alpha
+    return out
+
+
 def augment_batch(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Geometric then photometric augmentation of a batch (N, C, H, W) in [0, 1], then erasing."""
+    """Geometric then photometric augmentation of a batch (N, C, H, W) in [0, 1], then erasing
+    and markers."""
     x = random_intensity(random_flip_rotate_zoom(x, cfg, generator), cfg, generator)
-    return random_erase(x, cfg.erase, generator) if cfg.erase > 0 else x
+    if cfg.erase > 0:
+        x = random_erase(x, cfg.erase, generator)
+    return random_markers(x, cfg.markers, generator) if cfg.markers > 0 else x

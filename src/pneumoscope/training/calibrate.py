@@ -203,9 +203,9 @@ def augmented_logits(predictor: Any, images: torch.Tensor, cfg: Config, draws: i
     from ..evaluation.evaluate import image_logits
 
     gen = torch.Generator().manual_seed(int(cfg.train.seed))
-    # The passes model another site's framing, shape and exposure; erasing is a regulariser of
-    # training, not a trait of any site, so it is left out.
-    aug = replace(cfg.data.augment, erase=0.0)
+    # The passes model another site's framing, shape and exposure; erasing and drawn markers
+    # take shortcuts away in training and are left out, so the threshold rule stays as chosen.
+    aug = replace(cfg.data.augment, erase=0.0, markers=0.0)
     return torch.cat([
         image_logits(predictor, images, progress, transform=lambda x: augment_batch(x, aug, generator=gen))
         for _ in range(draws)
