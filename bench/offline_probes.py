@@ -9,6 +9,7 @@
     python bench/offline_probes.py snapshots OUT [--seed 42]    # train offline.yaml once; snapshot ensembles of its epochs
     python bench/offline_probes.py series PRED.csv [...] [--texture]   # ROC AUC per NORMAL file series of the test split
     python bench/offline_probes.py marker-stats             # how often a bright marker sits in the top-left corner, per class
+    python bench/offline_probes.py marker-balanced OUT [--copies 6]   # the data with marked training NORMALs repeated
 
 CKPT is a checkpoint file or a shipped model (``kaggle-offline-v2``). ``--data`` defaults to
 ``../shared/data`` beside the checkout. ``corner-dataset`` writes a dataset to train on with
@@ -212,6 +213,27 @@ def corner_dataset(args: argparse.Namespace) -> None:
         Image.fromarray(g).save(target)
         n += 1
     print(f"wrote {n} images with {args.fraction:.0%} corners filled to {out}")
+
+
+def marker_balanced(args: argparse.Namespace) -> None:
+    """A copy of the data (symbolic links) in which every training NORMAL with a top-left marker
+    appears ``--copies`` times, so that among marked training images NORMAL is no longer rare
+    (6 % of NORMALs carry one, 30 % of PNEUMONIA): group balancing against the marker and the
+    room it stands for. Copies keep the patient in their name, so the patient-level split keeps
+    them together; train on it with ``bench/offline_accuracy.py --data OUT``."""
+    src, out = args.data / "chest_xray_224", Path(args.out)
+    if out.exists():
+        raise SystemExit(f"{out} exists; choose a new folder")
+    marked = 0
+    for p in sorted(src.glob("*/*/*")):
+        target = out / p.relative_to(src)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.symlink_to(p.resolve())
+        if p.parts[-3] == "train" and p.parts[-2] == "NORMAL" and _top_left_marker(p):
+            marked += 1
+            for k in range(1, args.copies):
+                target.with_name(f"{p.stem}-copy{k}{p.suffix}").symlink_to(p.resolve())
+    print(f"{out}: {marked} marked training NORMALs, each {args.copies} times")
 
 
 def step_cost(args: argparse.Namespace) -> None:
@@ -528,6 +550,10 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(fn=series)
     p = sub.add_parser("marker-stats")
     p.set_defaults(fn=marker_stats)
+    p = sub.add_parser("marker-balanced")
+    p.add_argument("out")
+    p.add_argument("--copies", type=int, default=6, help="how many times each marked training NORMAL appears")
+    p.set_defaults(fn=marker_balanced)
     p = sub.add_parser("step-cost")
     p.add_argument("--emulate-avx2", action="store_true", help="cap oneDNN/ATen/MKL at AVX2 (re-executes this script)")
     p.add_argument("--layouts", action="store_true", help="also the 96 px step contiguous and at batch 64")
