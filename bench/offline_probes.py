@@ -8,7 +8,7 @@
     python bench/offline_probes.py step-cost [--emulate-avx2]   # ms per image of a training step, and of the augmentation
     python bench/offline_probes.py snapshots OUT [--seed 42]    # train offline.yaml once; snapshot ensembles of its epochs
     python bench/offline_probes.py series PRED.csv [...] [--texture]   # ROC AUC per NORMAL file series of the test split
-    python bench/offline_probes.py marker-stats             # how often a bright marker sits in the top-left corner, per class
+    python bench/offline_probes.py marker-stats [PRED.csv ...]   # how often a top-left marker is there, per class; P of marked test NORMALs
     python bench/offline_probes.py marker-balanced OUT [--copies 6]   # the data with marked training NORMALs repeated
 
 CKPT is a checkpoint file or a shipped model (``kaggle-offline-v2``). ``--data`` defaults to
@@ -237,9 +237,9 @@ def marker_balanced(args: argparse.Namespace) -> None:
 
 
 def step_cost(args: argparse.Namespace) -> None:
-    """Milliseconds per image of offline.yaml's training step (ResNet-18, AdamW, fp32) at each
-    size and ``trainable_from``, at batch 32 and channels-last as training runs it, and of the
-    batched augmentation at 96 px. ``--layouts`` also times the 96 px step contiguous and at
+    """GFLOP per training image of ResNet-18 and ResNet-10 at 96 px; milliseconds per image of
+    offline.yaml's training step (ResNet-18, AdamW, fp32) at each size and ``trainable_from``,
+    at batch 32 and channels-last as training runs it, and of the batched augmentation at 96 px. ``--layouts`` also times the 96 px step contiguous and at
     batch 64, interleaved round by round with the default so the VM's drift hits all alike.
     Run with ``--emulate-avx2`` for an AVX2-only CPU."""
     import time
@@ -282,6 +282,12 @@ def step_cost(args: argparse.Namespace) -> None:
         return step
 
     print(cpu_summary())
+    from torch.utils.flop_counter import FlopCounterMode
+
+    for arch in ("resnet18", "resnet10"):  # the arithmetic of one training image, forward and backward
+        with FlopCounterMode(display=False) as flops:
+            create_model(arch)(torch.randn(1, 3, 96, 96)).sum().backward()
+        print(f"{arch}: {flops.get_total_flops() / 1e9:.2f} GFLOP per training image at 96 px")
     for size, trainable in ((96, "all"), (128, "all"), (128, "layer2"), (128, "layer3")):
         print(f"training step, {size} px, trainable from {trainable}: "
               f"{per_image(make_step(size, trainable), 32):.2f} ms/image")
@@ -405,18 +411,26 @@ def _series(name: str) -> str:
     return f"{m.group(1)}xx" if m else "other"
 
 
-def _texture(files: list[Path], size: int = 96) -> np.ndarray:
+def _texture(files: list[Path], size: int = 96, blur: bool = False) -> np.ndarray:
     """Mean |Laplacian| of the central 60 % of each image as the model's 96 px stage sees it
-    (equalised at 128 px, resampled to 96): fine texture and detail, lower in softer images."""
+    (equalised at 128 px, resampled to 96): fine texture and detail, lower in softer images.
+    ``blur``: after the strongest blur offline.yaml's augmentation draws (``sharpness`` -1,
+    the 5 x 5 binomial kernel of ``random_intensity``)."""
+    import torch
     import torch.nn.functional as F
 
     from pneumoscope.config import IMAGENET_MEAN, IMAGENET_STD
     from pneumoscope.data.dataset import decode_images
-    from pneumoscope.data.transforms import Preprocessing
+    from pneumoscope.data.transforms import _BINOMIAL5, Preprocessing
 
     prep = Preprocessing(128, IMAGENET_MEAN, IMAGENET_STD, "equalize")
     x = decode_images(files, prep, progress=False).float()[:, None] / 255
-    x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)[:, 0]
+    x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    if blur:
+        k1 = torch.tensor(_BINOMIAL5)
+        k = (k1[:, None] * k1[None, :]) / k1.sum() ** 2
+        x = F.conv2d(F.pad(x, (2, 2, 2, 2), mode="replicate"), k.view(1, 1, 5, 5))
+    x = x[:, 0]
     lo, hi = int(size * 0.2), int(size * 0.8)
     c = x[:, lo:hi, lo:hi]
     lap = (4 * c[:, 1:-1, 1:-1] - c[:, :-2, 1:-1] - c[:, 2:, 1:-1] - c[:, 1:-1, :-2] - c[:, 1:-1, 2:]).abs()
@@ -446,7 +460,8 @@ def series(args: argparse.Namespace) -> None:
     """Where the test errors sit: the ROC AUC of each NORMAL file series of the test split
     against every PNEUMONIA image, from ``predictions.csv`` files of ``pneumoscope evaluate``
     (one per run). The series are the hundreds of the file number (``NORMAL2-IM-01xx``): the
-    numbers run with time, and the training split's NORMAL2 series starts at 0300.
+    numbers run with time, and every test NORMAL is numbered below every training NORMAL of its
+    series (train: IM-0115 on, NORMAL2-IM-0383 on).
     ``--texture`` adds, per series, the images' fine texture as the model sees it (median mean
     |Laplacian|), the same for the training classes, and, for the first file, the Spearman
     correlation of P(PNEUMONIA) with texture inside each series."""
@@ -482,10 +497,12 @@ def series(args: argparse.Namespace) -> None:
     auc = roc_auc_score(np.r_[np.zeros(len(tn)), np.ones(len(tp))], -np.r_[tn, tp])
     print(f"\ntexture (median mean |Laplacian|, 96 px): train NORMAL {np.median(tn):.4f} (every 4th), "
           f"train PNEUMONIA {np.median(tp):.4f} (every 12th); lower texture as a PNEUMONIA score: AUC {auc:.2f}")
+    print(f"train NORMAL after the augmentation's strongest blur (sharpness -1): {np.median(_texture(train_n, blur=True)):.4f}")
     paths = [Path(r["path"]) for r in first]
     tex = _texture(paths)
     prob = np.array([float(r["prob_pneumonia"]) for r in first])
     labels = [r["true_label"] for r in first]
+    print(f"softest test NORMAL: {min(t for t, lab in zip(tex, labels) if lab == 'NORMAL'):.4f}")
     for g in [*groups, "PNEUMONIA"]:
         m = np.array([(lab == "PNEUMONIA") if g == "PNEUMONIA" else (lab == "NORMAL" and _series(q.name) == g)
                       for lab, q in zip(labels, paths)])
@@ -519,6 +536,20 @@ def marker_stats(args: argparse.Namespace) -> None:
     for g in sorted({_series(f.name) for f in files}):
         hits = [_top_left_marker(f) for f in files if _series(f.name) == g]
         print(f"test  NORMAL {g:16s} n={len(hits):3d}  top-left marker {np.mean(hits):.2f}")
+    import csv
+
+    for f in args.predictions:
+        # What a model makes of the marked test NORMALs: mean P(PNEUMONIA) with and without a
+        # marker, over the NORMAL series where some images carry one.
+        with open(f, newline="", encoding="utf-8") as fh:
+            rows = [r for r in csv.DictReader(fh) if r["true_label"] == "NORMAL"]
+        marked = {r["path"]: _top_left_marker(Path(r["path"])) for r in rows}
+        with_marker = {_series(Path(p).name) for p, m in marked.items() if m}
+        sel = [r for r in rows if _series(Path(r["path"]).name) in with_marker]
+        pm = [float(r["prob_pneumonia"]) for r in sel if marked[r["path"]]]
+        pu = [float(r["prob_pneumonia"]) for r in sel if not marked[r["path"]]]
+        print(f"{f}: test NORMALs of {', '.join(sorted(with_marker))}: with a marker n={len(pm)} mean P(PNEUMONIA) "
+              f"{np.mean(pm):.2f}, without n={len(pu)} {np.mean(pu):.2f}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -549,6 +580,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--texture", action="store_true", help="also the images' fine texture per series and training class")
     p.set_defaults(fn=series)
     p = sub.add_parser("marker-stats")
+    p.add_argument("predictions", nargs="*", help="predictions.csv files of pneumoscope evaluate on the test split")
     p.set_defaults(fn=marker_stats)
     p = sub.add_parser("marker-balanced")
     p.add_argument("out")
