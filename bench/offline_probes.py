@@ -456,6 +456,17 @@ def series_aucs(rows: list[dict]) -> dict[str, dict]:
     return out
 
 
+def _read_predictions(path: str) -> list[dict]:
+    """The rows of a ``predictions.csv`` of ``pneumoscope evaluate``; exits naming the file if it is not one."""
+    import csv
+
+    with open(path, newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows or not {"path", "true_label", "prob_pneumonia"} <= set(rows[0]):
+        raise SystemExit(f"{path}: expected a predictions.csv of pneumoscope evaluate (path, true_label, prob_pneumonia)")
+    return rows
+
+
 def series(args: argparse.Namespace) -> None:
     """Where the test errors sit: the ROC AUC of each NORMAL file series of the test split
     against every PNEUMONIA image, from ``predictions.csv`` files of ``pneumoscope evaluate``
@@ -465,18 +476,11 @@ def series(args: argparse.Namespace) -> None:
     ``--texture`` adds, per series, the images' fine texture as the model sees it (median mean
     |Laplacian|), the same for the training classes, and, for the first file, the Spearman
     correlation of P(PNEUMONIA) with texture inside each series."""
-    import csv
 
     from scipy.stats import spearmanr
     from sklearn.metrics import roc_auc_score
 
-    runs = []
-    for f in args.predictions:
-        with open(f, newline="", encoding="utf-8") as fh:
-            rows = list(csv.DictReader(fh))
-        if not rows or not {"path", "true_label", "prob_pneumonia"} <= set(rows[0]):
-            raise SystemExit(f"{f}: expected a predictions.csv of pneumoscope evaluate (path, true_label, prob_pneumonia)")
-        runs.append((f, rows))
+    runs = [(f, _read_predictions(f)) for f in args.predictions]
     first = runs[0][1]
     groups = list(series_aucs(first))
     if not groups:
@@ -536,13 +540,10 @@ def marker_stats(args: argparse.Namespace) -> None:
     for g in sorted({_series(f.name) for f in files}):
         hits = [_top_left_marker(f) for f in files if _series(f.name) == g]
         print(f"test  NORMAL {g:16s} n={len(hits):3d}  top-left marker {np.mean(hits):.2f}")
-    import csv
-
     for f in args.predictions:
         # What a model makes of the marked test NORMALs: mean P(PNEUMONIA) with and without a
         # marker, over the NORMAL series where some images carry one.
-        with open(f, newline="", encoding="utf-8") as fh:
-            rows = [r for r in csv.DictReader(fh) if r["true_label"] == "NORMAL"]
+        rows = [r for r in _read_predictions(f) if r["true_label"] == "NORMAL"]
         marked = {r["path"]: _top_left_marker(Path(r["path"])) for r in rows}
         with_marker = {_series(Path(p).name) for p, m in marked.items() if m}
         sel = [r for r in rows if _series(Path(r["path"]).name) in with_marker]
