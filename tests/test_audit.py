@@ -118,3 +118,36 @@ def test_audit_reads_a_manifests_train_rows_and_compares_with_its_test_rows(tmp_
     rep = audit(tmp_path / "m.csv", tmp_path / "m.csv", progress=False)
     assert rep.counts == {"NORMAL": 2, "PNEUMONIA": 2} and rep.compare_counts == {"NORMAL": 2, "PNEUMONIA": 2}
     assert {r.cue: r for r in rep.rows}["aspect"].class_auc == 0.0
+
+
+def _marked(size: int, corner: str | None, rng: np.random.Generator) -> np.ndarray:
+    """A smooth grey image (a soft body-like gradient), with a bright "R" burned in at ``corner``."""
+    from PIL import ImageDraw, ImageFont
+
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    base = 0.25 + 0.3 * np.exp(-((xx - 0.5) ** 2 + (yy - 0.6) ** 2) / 0.15) + 0.02 * rng.random()
+    im = Image.fromarray((base * 255).astype(np.uint8))
+    if corner is not None:
+        font = ImageFont.load_default(size=size // 8)
+        x = size // 30 if corner[1] == "l" else size - size // 8
+        y = size // 30 if corner[0] == "t" else size - size // 7
+        ImageDraw.Draw(im).text((x, y), "R", fill=245, font=font)
+    return np.asarray(im, dtype=np.float32) / 255.0
+
+
+def test_corner_marks_find_a_burned_in_marker_and_the_audit_flags_it_where_one_class_has_it(tmp_path):
+    rng = np.random.default_rng(0)
+    for corner in ("tl", "tr", "bl", "br"):
+        cues = image_cues(_marked(200, corner, rng))
+        assert cues[f"marks_{corner}"] > 0.02
+        assert all(cues[f"marks_{c}"] == 0.0 for c in ("tl", "tr", "bl", "br") if c != corner)
+    assert all(image_cues(_marked(200, None, rng))[f"marks_{c}"] == 0.0 for c in ("tl", "tr", "bl", "br"))
+    # Every PNEUMONIA image with a top-left marker, no NORMAL one: the cue alone gives the class away.
+    root = tmp_path / "data"
+    for cls, corner in (("NORMAL", None), ("PNEUMONIA", "tl")):
+        (root / cls).mkdir(parents=True)
+        for i in range(8):
+            Image.fromarray((_marked(160, corner, rng) * 255).astype(np.uint8)).save(root / cls / f"p{i}_{cls}.png")
+    rows = {r.cue: r for r in audit(root, progress=False).rows}
+    assert rows["marks_tl"].class_auc == 1.0 and rows["marks_tl"].flag == "strong"
+    assert all(rows[f"marks_{c}"].flag == "constant" for c in ("tr", "bl", "br"))

@@ -86,3 +86,5 @@ def test_audit_finds_the_squash_that_separates_the_real_training_classes(tmp_pat
     assert rows["aspect"].flag == "constant"  # all 224 x 224: the originals' shape is gone...
     assert rows["anisotropy"].class_auc > 0.75 and rows["anisotropy"].flag == "strong"  # ...but not their squash
     assert 0.35 < rows["brightness"].class_auc < 0.65  # equal exposure on average
+    # A lead marker at the top left is several times as common on PNEUMONIA (0.73 over all of train).
+    assert rows["marks_tl"].class_auc > 0.65 and rows["marks_tl"].flag in ("moderate", "strong")
