@@ -218,7 +218,7 @@ def corner_dataset(args: argparse.Namespace) -> None:
 def marker_balanced(args: argparse.Namespace) -> None:
     """A copy of the data (symbolic links) in which every training NORMAL with a top-left marker
     appears ``--copies`` times, so that among marked training images NORMAL is no longer rare
-    (6 % of NORMALs carry one, 30 % of PNEUMONIA): group balancing against the marker and the
+    (4 % of NORMALs carry one, 25 % of PNEUMONIA): group balancing against the marker and the
     room it stands for. Copies keep the patient in their name, so the patient-level split keeps
     them together; train on it with ``bench/offline_accuracy.py --data OUT``."""
     src, out = args.data / "chest_xray_224", Path(args.out)
@@ -514,22 +514,20 @@ def series(args: argparse.Namespace) -> None:
         print(f"test {g:16s} n={m.sum():3d}  texture {np.median(tex[m]):.4f}  Spearman(P(PNEUMONIA), texture) {rho:+.2f}")
 
 
-def _top_left_marker(path: Path, box: int = 45, opening: int = 9, lift: float = 60.0, share: float = 0.03) -> bool:
-    """A burned-in marker in the top-left ``box`` px of a 224 px image: over ``share`` of the box
-    is more than ``lift`` grey levels above its grey opening (small bright strokes on a darker
-    background; a lung apex or a shoulder is too broad to count)."""
-    from PIL import Image
-    from scipy import ndimage
+def _top_left_marker(path: Path, share: float = 0.03) -> bool:
+    """A burned-in marker in the top-left corner: over ``share`` of the corner square covered by
+    small bright marks, as ``pneumoscope audit`` measures them (its ``marks_tl`` cue)."""
+    from pneumoscope.data.audit import image_cues
+    from pneumoscope.data.io import read_image
 
-    g = np.asarray(Image.open(path).convert("L"), dtype=np.float32)[:box, :box]
-    return bool(((g - ndimage.grey_opening(g, size=(opening, opening))) > lift).mean() > share)
+    return image_cues(read_image(path))["marks_tl"] > share
 
 
 def marker_stats(args: argparse.Namespace) -> None:
     """How often a bright burned-in marker sits in the top-left corner, per class and split, and
     per NORMAL file series of the test split: a shortcut where it differs between the training
-    classes. A crude detector (top-hat of the corner, :func:`_top_left_marker`), for rates, not
-    for single images."""
+    classes. A crude detector (the audit's ``marks_tl`` over 3 %, :func:`_top_left_marker`), for
+    rates, not for single images."""
     root = args.data / "chest_xray_224"
     for split in ("train", "test"):
         for cls in ("NORMAL", "PNEUMONIA"):
