@@ -419,11 +419,12 @@ def _texture(files: list[Path], size: int = 96, blur: bool = False) -> np.ndarra
     import torch
     import torch.nn.functional as F
 
-    from pneumoscope.config import IMAGENET_MEAN, IMAGENET_STD
+    from pneumoscope.config import load_config
     from pneumoscope.data.dataset import decode_images
     from pneumoscope.data.transforms import _BINOMIAL5, Preprocessing
 
-    prep = Preprocessing(128, IMAGENET_MEAN, IMAGENET_STD, "equalize")
+    data = load_config(ROOT / "configs" / "offline.yaml").data
+    prep = Preprocessing(data.image_size, tuple(data.mean), tuple(data.std), data.intensity)
     x = decode_images(files, prep, progress=False).float()[:, None] / 255
     x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
     if blur:

@@ -244,7 +244,7 @@ def open_training_data(data: str | Path, cfg: Any, prep: Preprocessing, progress
                 f"seed {cfg.train.seed}",
                 stacklevel=2,
             )
-        if getattr(cfg.train, "epoch_sampling", "all") != "all":
+        if cfg.train.epoch_sampling != "all":
             raise ConfigError(
                 f"{data}: train.epoch_sampling {cfg.train.epoch_sampling!r} draws from images held in memory, and a "
                 "store is streamed in chunks; train with epoch_sampling: all (the loss weights balance the classes)"

@@ -28,7 +28,7 @@ from ..errors import ConfigError
 from ..fileio import atomic_write_text
 from ..inference import Predictor
 from .cam import GRADIENT_METHODS, canonical_method, explain_many
-from .groundtruth import index_masks, lesion_ground_truth, read_mask
+from .groundtruth import folder_masks, lesion_ground_truth
 from .quality import (
     deletion_insertion,
     mass_inside,
@@ -232,10 +232,7 @@ def _ground_truth(
     samples: Sequence[Any], size: int, masks: str | Path | None, boxes: str | Path | None, lungs: str | Path | None,
 ) -> tuple[list[np.ndarray | None], list[np.ndarray | None]]:
     lesion = lesion_ground_truth(samples, size, masks=masks, boxes=boxes)
-    lung: list[np.ndarray | None] = [None] * len(samples)
-    if lungs is not None:
-        index = index_masks(lungs)
-        lung = [read_mask(index[s.path.stem], size) if s.path.stem in index else None for s in samples]
+    lung: list[np.ndarray | None] = folder_masks(samples, lungs, size) if lungs is not None else [None] * len(samples)
     return lesion, lung
 
 

@@ -99,6 +99,13 @@ def boxes_to_mask(boxes: list[tuple[float, float, float, float]], original: tupl
     return mask
 
 
+def folder_masks(samples: Sequence[Any], folder: str | Path, size: int) -> list[np.ndarray | None]:
+    """The mask of each sample at ``size`` from a folder of PNGs named like the images
+    (:func:`index_masks`), None where the folder has none."""
+    index = index_masks(folder)
+    return [read_mask(index[s.path.stem], size) if s.path.stem in index else None for s in samples]
+
+
 def lesion_ground_truth(
     samples: Sequence[Any], size: int, *, masks: str | Path | None = None, boxes: str | Path | None = None,
 ) -> list[np.ndarray | None]:
@@ -114,8 +121,7 @@ def lesion_ground_truth(
     from ..data.io import read_image
 
     if masks is not None:
-        index = index_masks(masks)
-        return [read_mask(index[s.path.stem], size) if s.path.stem in index else None for s in samples]
+        return folder_masks(samples, masks, size)
     lesion: list[np.ndarray | None] = [None] * len(samples)
     if boxes is not None:
         table = read_rsna_boxes(boxes)
