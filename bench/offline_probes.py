@@ -238,7 +238,7 @@ def marker_balanced(args: argparse.Namespace) -> None:
 
 def step_cost(args: argparse.Namespace) -> None:
     """GFLOP per training image of ResNet-18 and ResNet-10 at 96 px; milliseconds per image of
-    offline.yaml's training step (ResNet-18, AdamW, fp32) at each size and ``trainable_from``,
+    offline.yaml's training step (ResNet-18, AdamW, fp32) at 64-128 px and each ``trainable_from``,
     at batch 32 and channels-last as training runs it, and of the batched augmentation at 96 px. ``--layouts`` also times the 96 px step contiguous and at
     batch 64, interleaved round by round with the default so the VM's drift hits all alike.
     Run with ``--emulate-avx2`` for an AVX2-only CPU."""
@@ -288,7 +288,7 @@ def step_cost(args: argparse.Namespace) -> None:
         with FlopCounterMode(display=False) as flops:
             create_model(arch)(torch.randn(1, 3, 96, 96)).sum().backward()
         print(f"{arch}: {flops.get_total_flops() / 1e9:.2f} GFLOP per training image at 96 px")
-    for size, trainable in ((96, "all"), (128, "all"), (128, "layer2"), (128, "layer3")):
+    for size, trainable in ((64, "all"), (80, "all"), (96, "all"), (128, "all"), (128, "layer2"), (128, "layer3")):
         print(f"training step, {size} px, trainable from {trainable}: "
               f"{per_image(make_step(size, trainable), 32):.2f} ms/image")
     if args.layouts:

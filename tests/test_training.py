@@ -289,15 +289,46 @@ def test_a_low_resolution_stage_trains_smaller_and_never_becomes_best_ckpt(tmp_p
     assert load_checkpoint(r.checkpoint).preprocessing.image_size == 32
 
 
+def test_a_stage_can_start_smaller_inside_its_schedule(tmp_path, synth_root, monkeypatch):
+    seen: list[tuple[int, bool, int]] = []  # (epoch, train, side) of every batch the model gets
+    real = ClassifierModule._inputs
+
+    def spy(self, x, train, generator=None, size=None):
+        out = real(self, x, train, generator, size)
+        seen.append((self.current_epoch, train, int(out.shape[-1])))
+        return out
+
+    monkeypatch.setattr(ClassifierModule, "_inputs", spy)
+    cfg = load_config(None, {**TINY, "train.stages": [
+        {"name": "s", "epochs": 3, "lr": 1e-3, "trainable_from": "all", "start_size": 16, "start_epochs": 2,
+         "schedule": "onecycle"},
+    ]})
+    r = train(cfg, synth_root, tmp_path / "run", progress=False)
+    trained = {(e, side) for e, t, side in seen if t}
+    assert trained == {(0, 16), (1, 16), (2, 32)}  # two epochs at 16 px, then the stage's 32 px
+    assert {side for _e, t, side in seen if not t} == {32}  # validated at the stage's size throughout
+    assert len(list(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))) == 3 and r.checkpoint.is_file()
+
+
 def test_stage_image_size_is_checked():
     with pytest.raises(ConfigError, match="the last stage must train at data.image_size"):
         load_config(None, {**TINY, "train.stages": [{"name": "low", "epochs": 1, "image_size": 16}]})
     with pytest.raises(ConfigError, match="image_size must be between"):
         load_config(None, {**TINY, "train.stages": [{"name": "up", "epochs": 1, "image_size": 64}, {"name": "full"}]})
+    with pytest.raises(ConfigError, match="start_size and start_epochs go together"):
+        load_config(None, {**TINY, "train.stages.0.start_size": 16})
+    with pytest.raises(ConfigError, match=r"start_size must be between 1 and the stage's size \(16\)"):
+        load_config(None, {**TINY, "train.stages": [
+            {"name": "low", "epochs": 2, "image_size": 16, "start_size": 24, "start_epochs": 1}, {"name": "full"}]})
+    with pytest.raises(ConfigError, match=r"start_epochs must be between 0 and epochs \(1\)"):
+        load_config(None, {**TINY, "train.stages": [{"name": "s", "epochs": 1, "start_size": 16, "start_epochs": 2}]})
 
 
 def test_a_stage_below_the_model_minimum_fails_before_training(tmp_path, synth_root):
     cfg = load_config(None, {**TINY, "train.stages": [{"name": "low", "epochs": 1, "image_size": 4}, {"name": "full"}]})
     with pytest.raises(ConfigError, match="stage 'low': image_size 4 is below vgg_tiny's minimum"):
+        train(cfg, synth_root, tmp_path / "run", progress=False)
+    cfg = load_config(None, {**TINY, "train.stages": [{"name": "s", "epochs": 2, "start_size": 4, "start_epochs": 1}]})
+    with pytest.raises(ConfigError, match="stage 's': start_size 4 is below vgg_tiny's minimum"):
         train(cfg, synth_root, tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()

@@ -106,6 +106,11 @@ class StageConfig:
     # is resampled on the model's device); None: ``data.image_size``. Only stages at the full
     # size may become ``best.ckpt``, so the last stage must run at it.
     image_size: int | None = None
+    # Progressive resizing inside the stage's one learning-rate schedule: its first
+    # ``start_epochs`` epochs train at ``start_size`` pixels, the rest at the stage's size.
+    # Validation always runs at the stage's size. None / 0: every epoch at the stage's size.
+    start_size: int | None = None
+    start_epochs: int = 0
 
 
 @dataclass
@@ -279,6 +284,15 @@ class Config:
                     f"stage {st.name!r}: image_size must be between 1 and data.image_size "
                     f"({self.data.image_size}), not {st.image_size}"
                 )
+            if (st.start_size is None) != (st.start_epochs == 0):
+                raise ConfigError(f"stage {st.name!r}: start_size and start_epochs go together (both set or neither)")
+            if st.start_size is not None and not 0 < st.start_size <= (st.image_size or self.data.image_size):
+                raise ConfigError(
+                    f"stage {st.name!r}: start_size must be between 1 and the stage's size "
+                    f"({st.image_size or self.data.image_size}), not {st.start_size}"
+                )
+            if not 0 <= st.start_epochs <= st.epochs:
+                raise ConfigError(f"stage {st.name!r}: start_epochs must be between 0 and epochs ({st.epochs}), not {st.start_epochs}")
         last = self.train.stages[-1]
         if last.image_size not in (None, self.data.image_size):
             raise ConfigError(

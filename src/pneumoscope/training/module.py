@@ -1,7 +1,9 @@
 """The LightningModule: loss as the seed defines it, batched augmentation, validation AUC.
 
 A stage with ``image_size`` below the data's trains and validates on batches resampled to
-that size (progressive resizing); the model is fully convolutional up to its pooled head.
+that size (progressive resizing); the model is fully convolutional up to its pooled head. A
+stage's first ``start_epochs`` epochs may train smaller still (``start_size``), inside the same
+learning-rate schedule; it is validated at its own size throughout.
 
 Batches are ``(uint8 images, labels, ids)`` from any image source (``data/source.py``). Under
 DDP every rank validates its own share; the logits of all ranks are gathered, put back in id
@@ -86,9 +88,11 @@ class ClassifierModule(L.LightningModule):
         if self.ema is not None:
             self.ema.update_parameters(self.model)
 
-    def _inputs(self, x: torch.Tensor, train: bool, generator: torch.Generator | None = None) -> torch.Tensor:
+    def _inputs(
+        self, x: torch.Tensor, train: bool, generator: torch.Generator | None = None, size: int | None = None
+    ) -> torch.Tensor:
+        size = size or self.stage.image_size
         x = x.float().div_(255.0)
-        size = self.stage.image_size
         if size is not None and tuple(x.shape[-2:]) != (size, size):
             # Progressive resizing: the stage sees (and is validated on) smaller images.
             x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
@@ -112,7 +116,8 @@ class ClassifierModule(L.LightningModule):
 
     def training_step(self, batch: tuple[torch.Tensor, ...], _idx: int) -> torch.Tensor:
         x, y = batch[0], batch[1]
-        x = self._inputs(x, train=True)
+        early = self.current_epoch < self.stage.start_epochs  # progressive resizing inside the stage
+        x = self._inputs(x, train=True, size=self.stage.start_size if early else None)
         if self.mixup > 0:
             # One weight per batch from the seeded global generator; the loss mixes both labels.
             lam = float(torch.distributions.Beta(self.mixup, self.mixup).sample())

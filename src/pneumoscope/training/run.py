@@ -233,11 +233,13 @@ def _train(cfg: Config, data: str | Path, out: str | Path, resume: bool, progres
             f"--image-size {cfg.data.image_size} is below {cfg.model.backbone}'s minimum of {info.min_input_size} px"
         )
     for st in cfg.train.stages:
-        if st.image_size is not None and st.image_size < info.min_input_size:
-            raise ConfigError(
-                f"stage {st.name!r}: image_size {st.image_size} is below {cfg.model.backbone}'s minimum "
-                f"of {info.min_input_size} px"
-            )
+        for key in ("image_size", "start_size"):
+            size = getattr(st, key)
+            if size is not None and size < info.min_input_size:
+                raise ConfigError(
+                    f"stage {st.name!r}: {key} {size} is below {cfg.model.backbone}'s minimum "
+                    f"of {info.min_input_size} px"
+                )
     cam_layer = cfg.model.cam_layer or info.default_layer
     state_dir = out / "state"
     progress_file = state_dir / "progress.json"
