@@ -3,6 +3,7 @@
     python bench/step_probes.py demo-step [--emulate-avx2] [--profile]   # vgg_mini, batch 8, 128 px: layouts, stride-2 stem
     python bench/step_probes.py compile [--emulate-avx2]      # ResNet-18, batch 32, 96 px: eager vs torch.compile
     python bench/step_probes.py log-overhead                  # Lightning's per-step cost of two self.log calls
+    python bench/step_probes.py optimizer [--emulate-avx2] [--bf16]   # both models' steps: Adam(W) for-loop vs fused
 
 Each variant runs in this one process, interleaved round by round (12 rounds of 15 steps for
 ``demo-step``), and the median and minimum milliseconds per step are printed with the CPU and
@@ -47,16 +48,22 @@ def _interleaved(steps: dict[str, Callable[[], None]], rounds: int, per_round: i
         print(f"{name:34s} median {statistics.median(ms):7.2f} ms/step   min {min(ms):7.2f}")
 
 
-def _step(model, x, y, lr: float = 1e-3, optimizer: str = "adam") -> Callable[[], None]:
+def _step(
+    model, x, y, lr: float = 1e-3, optimizer: str = "adam", fused: bool | None = None, bf16: bool = False
+) -> Callable[[], None]:
+    import contextlib
+
     import torch
     import torch.nn.functional as F
 
-    opt = (torch.optim.AdamW(model.parameters(), lr, weight_decay=1e-4) if optimizer == "adamw"
-           else torch.optim.Adam(model.parameters(), lr))
+    opt = (torch.optim.AdamW(model.parameters(), lr, weight_decay=1e-4, fused=fused) if optimizer == "adamw"
+           else torch.optim.Adam(model.parameters(), lr, fused=fused))
 
     def step() -> None:
         opt.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x), y).backward()
+        with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
+            logits = model(x)
+        F.cross_entropy(logits.float(), y).backward()
         opt.step()
 
     return step
@@ -123,6 +130,27 @@ def compile_step(args: argparse.Namespace) -> None:
     _interleaved({"eager": build(False), "torch.compile (Inductor)": build(True)}, rounds=6, per_round=5, warmup=3)
 
 
+def optimizer_step(args: argparse.Namespace) -> None:
+    """Both training steps with torch's default Adam/AdamW on the CPU (a loop over the
+    parameters) against ``fused=True`` (one kernel for all of them): the demo's ``vgg_mini``
+    (Adam, batch 8, 128 px) and offline.yaml's ResNet-18 (AdamW, batch 32, 96 px)."""
+    import torch
+
+    from pneumoscope.models import create_model
+
+    def build(arch: str, size: int, batch: int, optimizer: str, fused: bool | None):
+        torch.manual_seed(0)
+        model = create_model(arch, weights=None).to(memory_format=torch.channels_last)
+        x = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
+        return _step(model, x, torch.randint(0, 2, (batch,)), optimizer=optimizer, fused=fused, bf16=args.bf16)
+
+    print("bf16 autocast" if args.bf16 else "fp32")
+    _interleaved({"vgg_mini, Adam (default)": build("vgg_mini", 128, 8, "adam", None),
+                  "vgg_mini, Adam fused": build("vgg_mini", 128, 8, "adam", True)}, rounds=8, per_round=15)
+    _interleaved({"resnet18, AdamW (default)": build("resnet18", 96, 32, "adamw", None),
+                  "resnet18, AdamW fused": build("resnet18", 96, 32, "adamw", True)}, rounds=8, per_round=3, warmup=3)
+
+
 def log_overhead(args: argparse.Namespace) -> None:
     """What Lightning adds per step, and what two ``self.log(on_epoch=True)`` calls add to that."""
     import lightning as L
@@ -158,10 +186,12 @@ def log_overhead(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="probe", required=True)
-    for name, fn in (("demo-step", demo_step), ("compile", compile_step), ("log-overhead", log_overhead)):
+    for name, fn in (("demo-step", demo_step), ("compile", compile_step), ("log-overhead", log_overhead),
+                     ("optimizer", optimizer_step)):
         p = sub.add_parser(name)
         p.add_argument("--emulate-avx2", action="store_true", help="cap oneDNN/ATen/MKL at AVX2 (re-executes)")
         p.add_argument("--profile", action="store_true", help="demo-step: torch.profiler table of the shipped layout")
+        p.add_argument("--bf16", action="store_true", help="optimizer: the forward pass under bf16 autocast")
         p.set_defaults(fn=fn)
     args = ap.parse_args(argv)
     if args.emulate_avx2 and os.environ.get("ONEDNN_MAX_CPU_ISA") != "AVX2":
