@@ -168,7 +168,21 @@ def test_unknown_schedule_or_optimizer_is_a_config_error():
     with pytest.raises(ConfigError, match="schedule"):
         load_config(None, {**TINY, "train.stages": [{"name": "s", "schedule": "linear"}]})
     with pytest.raises(ConfigError, match="optimizer"):
-        load_config(None, {**TINY, "train.stages": [{"name": "s", "optimizer": "sgd"}]})
+        load_config(None, {**TINY, "train.stages": [{"name": "s", "optimizer": "rmsprop"}]})
+
+
+def test_sgd_stage_uses_nesterov_momentum_and_its_decay():
+    from pneumoscope.config import StageConfig
+    from pneumoscope.data.transforms import Preprocessing
+    from pneumoscope.models import create_model
+
+    stage = StageConfig(optimizer="sgd", lr=0.05, weight_decay=5e-4, trainable_from="all")
+    mod = ClassifierModule(create_model("vgg_tiny"), Preprocessing(32), stage, None, None, 0.0, 0.0)
+    opt = mod.configure_optimizers()["optimizer"]
+    group = opt.param_groups[0]
+    assert isinstance(opt, torch.optim.SGD)
+    assert group["nesterov"] and group["momentum"] == 0.9
+    assert group["lr"] == 0.05 and group["weight_decay"] == 5e-4
 
 
 def test_ema_tracks_the_weights_and_is_what_validation_sees():

@@ -93,7 +93,9 @@ class StageConfig:
     trainable_from: str | None = None
     grad_clip_norm: float | None = None
     weight_decay: float = 0.0
-    optimizer: str = "adam"  # adam (L2 as Keras/torch Adam add it) | adamw (decoupled decay)
+    # adam (L2 as Keras/torch Adam add it) | adamw (decoupled decay) | sgd (momentum 0.9,
+    # Nesterov, L2 decay)
+    optimizer: str = "adam"
     # plateau: x plateau_factor when val_loss stalls (the seed's); onecycle: warm up for
     # warmup_fraction of the stage's steps, then cosine-anneal to ~0, per batch.
     schedule: str = "plateau"
@@ -273,8 +275,8 @@ class Config:
         for st in self.train.stages:
             if st.epochs < 0 or st.lr <= 0:
                 raise ConfigError(f"stage {st.name!r}: epochs must be >= 0 and lr > 0")
-            if st.optimizer not in ("adam", "adamw"):
-                raise ConfigError(f"stage {st.name!r}: optimizer must be adam or adamw, not {st.optimizer!r}")
+            if st.optimizer not in ("adam", "adamw", "sgd"):
+                raise ConfigError(f"stage {st.name!r}: optimizer must be adam, adamw or sgd, not {st.optimizer!r}")
             if st.schedule not in ("plateau", "onecycle"):
                 raise ConfigError(f"stage {st.name!r}: schedule must be plateau or onecycle, not {st.schedule!r}")
             if not 0.0 < st.warmup_fraction < 1.0:

@@ -192,8 +192,11 @@ class ClassifierModule(L.LightningModule):
     def configure_optimizers(self):  # type: ignore[no-untyped-def]
         st = self.stage
         params = [p for p in self.model.parameters() if p.requires_grad]
-        opt_cls = torch.optim.AdamW if st.optimizer == "adamw" else torch.optim.Adam
-        opt = opt_cls(params, lr=st.lr, weight_decay=st.weight_decay)
+        if st.optimizer == "sgd":
+            opt = torch.optim.SGD(params, lr=st.lr, momentum=0.9, nesterov=True, weight_decay=st.weight_decay)
+        else:
+            opt_cls = torch.optim.AdamW if st.optimizer == "adamw" else torch.optim.Adam
+            opt = opt_cls(params, lr=st.lr, weight_decay=st.weight_decay)
         if st.schedule == "onecycle":
             total = max(1, int(self.trainer.estimated_stepping_batches))
             sched = torch.optim.lr_scheduler.OneCycleLR(
