@@ -4,6 +4,7 @@
     python bench/step_probes.py compile [--emulate-avx2]      # ResNet-18, batch 32, 96 px: eager vs torch.compile
     python bench/step_probes.py log-overhead                  # Lightning's per-step cost of two self.log calls
     python bench/step_probes.py optimizer [--emulate-avx2] [--bf16]   # both models' steps: Adam(W) for-loop vs fused
+    python bench/step_probes.py grey-stem [--emulate-avx2]    # ResNet-18 (batch 32, 96 px) and vgg_mini: 3- vs 1-channel input
 
 Each variant runs in this one process, interleaved round by round (12 rounds of 15 steps for
 ``demo-step``), and the median and minimum milliseconds per step are printed with the CPU and
@@ -151,6 +152,54 @@ def optimizer_step(args: argparse.Namespace) -> None:
                   "resnet18, AdamW fused": build("resnet18", 96, 32, "adamw", True)}, rounds=8, per_round=3, warmup=3)
 
 
+def grey_stem(args: argparse.Namespace) -> None:
+    """ResNet-18's training step (AdamW, batch 32, 96 px) with the three identical grey channels
+    the models take today, against a stem convolution that takes one channel. The stem alone
+    (convolution, BatchNorm, ReLU, max-pool, forward and backward) is timed too, and then the
+    demo's ``vgg_mini`` step (Adam, batch 8, 128 px) both ways."""
+    import torch
+    from torch import nn
+
+    from pneumoscope.models import create_model
+
+    cl = torch.channels_last
+
+    def build(channels: int, stem_only: bool):
+        torch.manual_seed(0)
+        model = create_model("resnet18", weights=None)
+        if channels == 1:
+            model.features[0] = nn.Conv2d(1, 64, 7, stride=2, padding=3, bias=False)
+        model = model.to(memory_format=cl)
+        x = torch.randn(32, channels, 96, 96).contiguous(memory_format=cl)
+        if not stem_only:
+            return _step(model, x, torch.randint(0, 2, (32,)), optimizer="adamw")
+        stem = model.features[:4]
+
+        def step() -> None:
+            stem.zero_grad(set_to_none=True)
+            stem(x).mean().backward()
+
+        return step
+
+    _interleaved({"stem alone, 3 channels": build(3, True), "stem alone, 1 channel": build(1, True)},
+                 rounds=8, per_round=5, warmup=3)
+    _interleaved({"whole step, 3 channels (today)": build(3, False),
+                  "whole step, 1 channel": build(1, False)}, rounds=8, per_round=3, warmup=3)
+
+    def build_demo(channels: int):
+        torch.manual_seed(0)
+        model = create_model("vgg_mini", weights=None)
+        if channels == 1:
+            first = model.features[0]
+            model.features[0] = nn.Conv2d(1, first.out_channels, first.kernel_size, padding=first.padding)
+        model = model.to(memory_format=cl)
+        x = torch.randn(8, channels, 128, 128).contiguous(memory_format=cl)
+        return _step(model, x, torch.randint(0, 2, (8,)))
+
+    _interleaved({"vgg_mini step, 3 channels (today)": build_demo(3), "vgg_mini step, 1 channel": build_demo(1)},
+                 rounds=12, per_round=15)
+
+
 def log_overhead(args: argparse.Namespace) -> None:
     """What Lightning adds per step, and what two ``self.log(on_epoch=True)`` calls add to that."""
     import lightning as L
@@ -187,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="probe", required=True)
     for name, fn in (("demo-step", demo_step), ("compile", compile_step), ("log-overhead", log_overhead),
-                     ("optimizer", optimizer_step)):
+                     ("optimizer", optimizer_step), ("grey-stem", grey_stem)):
         p = sub.add_parser(name)
         p.add_argument("--emulate-avx2", action="store_true", help="cap oneDNN/ATen/MKL at AVX2 (re-executes)")
         p.add_argument("--profile", action="store_true", help="demo-step: torch.profiler table of the shipped layout")
