@@ -11,7 +11,7 @@ them, the goals of issue 13 and the wall times, plus the CPU (model and flags) i
     python bench/offline_accuracy.py --emulate-avx2 --out bench-out/offline-avx2   # an AVX2-only CPU, fp32
     python bench/offline_accuracy.py --backbone vgg19 --out bench-out/offline-vgg19   # the seed's architecture, same recipe
     python bench/offline_accuracy.py --run RUN --out bench-out/offline   # evaluate a run `pneumoscope train` already made
-    python bench/offline_accuracy.py --checkpoint kaggle-offline-v2 --out bench-out/shipped   # a shipped model
+    python bench/offline_accuracy.py --checkpoint kaggle-offline-v3 --out bench-out/shipped   # a shipped model
 
 ``--emulate-avx2`` caps oneDNN, ATen and MKL at AVX2 (as ``bench/demo_speed.py`` does) and
 trains in fp32, what ``--precision auto`` resolves to on a CPU without native bf16; it emulates

@@ -11,7 +11,7 @@
     python bench/offline_probes.py marker-stats [PRED.csv ...]   # how often a top-left marker is there, per class; P of marked test NORMALs
     python bench/offline_probes.py marker-balanced OUT [--copies 6]   # the data with marked training NORMALs repeated
 
-CKPT is a checkpoint file or a shipped model (``kaggle-offline-v2``). ``--data`` defaults to
+CKPT is a checkpoint file or a shipped model (``kaggle-offline-v3``). ``--data`` defaults to
 ``../shared/data`` beside the checkout. ``corner-dataset`` writes a dataset to train on with
 ``bench/offline_accuracy.py --data OUT``; the others print their figures. These are measurements
 for the record, not product features: test-time BatchNorm adaptation looks at the test images

@@ -1,6 +1,6 @@
 """Turn a finished run into a shipped model: compact it, measure it, record what its card states.
 
-    python bench/ship_model.py RUN/best.ckpt kaggle-offline-v2 --data ../shared/data/chest_xray_224
+    python bench/ship_model.py RUN/best.ckpt kaggle-offline-v3 --data ../shared/data/chest_xray_224
 
 1. stores the checkpoint's weights in float16 (``pneumoscope compact``);
 2. evaluates the compact file in fp32 on ``DATA/test`` (the development half of the official test
@@ -30,7 +30,7 @@ KEYS = ("accuracy", "roc_auc", "sensitivity", "specificity")
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("checkpoint", help="the run's best.ckpt")
-    ap.add_argument("name", help="the shipped model's name, e.g. kaggle-offline-v2")
+    ap.add_argument("name", help="the shipped model's name, e.g. kaggle-offline-v3")
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "chest_xray_224"))
     ap.add_argument("--summary", default="", help="one line for `pneumoscope models`")
     args = ap.parse_args(argv)

@@ -245,7 +245,7 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
     """Rebuild the model described by a checkpoint and load its weights (eval mode).
 
-    ``path`` is a checkpoint file or the name of a shipped model (``kaggle-offline-v2``).
+    ``path`` is a checkpoint file or the name of a shipped model (``kaggle-offline-v3``).
     Weights stored at a lower precision (:func:`compact_checkpoint`) load into float32.
 
     Raises:
