@@ -6,7 +6,7 @@
     python bench/offline_probes.py lung-crop-stats          # does an unsupervised lung crop depend on the class?
     python bench/offline_probes.py corner-dataset OUT       # a copy of the data with the four corners filled
     python bench/offline_probes.py step-cost [--emulate-avx2]   # ms per image of a training step, and of the augmentation
-    python bench/offline_probes.py snapshots OUT [--seed 42]    # train offline.yaml once; snapshot ensembles of its epochs
+    python bench/offline_probes.py snapshots OUT [--seed 42]    # train offline.yaml once; snapshot ensembles and SWA of its epochs
     python bench/offline_probes.py series PRED.csv [...] [--texture]   # ROC AUC per NORMAL file series of the test split
     python bench/offline_probes.py marker-stats [PRED.csv ...]   # how often a top-left marker is there, per class; P of marked test NORMALs
     python bench/offline_probes.py marker-balanced OUT [--copies 6]   # the data with marked training NORMALs repeated
@@ -314,11 +314,13 @@ def step_cost(args: argparse.Namespace) -> None:
 
 
 def snapshots(args: argparse.Namespace) -> None:
-    """Snapshot ensembles (issue 13's "cheap variance cuts"): train ``--config`` once, keep the
-    validated (EMA) weights of every epoch, and score each of the last epochs and their
-    mean-probability ensembles on validation (the run's patient-level split) and test. Each
-    snapshot is scored at the size it was validated at in training (a 96 px stage at 96 px).
-    The ensemble to keep is the one with the best validation AUC; test is only reported."""
+    """Snapshot ensembles and SWA (issue 13's "cheap variance cuts"): train ``--config`` once,
+    keep the validated (EMA) weights of every epoch, and score each of the last epochs, their
+    mean-probability ensembles, and the mean of their weights (SWA on top of the EMA, with
+    BatchNorm averaged or re-estimated on the unaugmented training images at the model's size)
+    on validation (the run's patient-level split) and test. Each snapshot is scored at the size it
+    was validated at in training (a 96 px stage at 96 px); a weight average at the model's size.
+    The variant to keep is the one with the best validation AUC; test is only reported."""
     import csv
     import json
 
@@ -391,10 +393,41 @@ def snapshots(args: argparse.Namespace) -> None:
         report["ensembles"][name] = {"val_auc": roc_auc_score(y_val, pv), "test_auc": roc_auc_score(y_test, pt)}
         print(f"mean of epochs {name:12s} val AUC {report['ensembles'][name]['val_auc']:.4f}  "
               f"test AUC {report['ensembles'][name]['test_auc']:.4f}")
+    # SWA on top of the EMA: the mean of the last snapshots' weights, as one model scored at the
+    # final size, with BatchNorm either averaged too or re-estimated on the training images.
+    report["weight_averages"] = {}
+    if len(epochs) > 1:
+        train_rows = [r for r in csv.DictReader(open(out / "splits.csv", newline="", encoding="utf-8"))
+                      if r["split"] == "train"]
+        train_images = decode_images([Path(r["path"]) if Path(r["path"]).is_absolute() else root / r["path"]
+                                      for r in train_rows], ckpt.preprocessing, progress=False)
+        for j in range(len(epochs) - 1):
+            members = epochs[j:]
+            states = [keep.states[e - 1][1] for e in members]
+            mean_state = {k: (sum(st[k].double() for st in states) / len(states)).to(v.dtype)
+                          if v.is_floating_point() else v for k, v in states[-1].items()}
+            for bn in ("averaged", "re-estimated"):
+                model.load_state_dict(mean_state)
+                if bn == "re-estimated":
+                    model.train()
+                    for mod in model.modules():
+                        if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm):
+                            mod.reset_running_stats()
+                            mod.momentum = None  # a cumulative mean over every batch
+                    with torch.no_grad():
+                        for i in range(0, len(train_images), 64):
+                            model(ckpt.preprocessing.normalize(train_images[i:i + 64].float()[:, None] / 255.0))
+                state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                name = f"{'+'.join(map(str, members))}, BatchNorm {bn}"
+                report["weight_averages"][name] = {"val_auc": roc_auc_score(y_val, probs(val, state, None)),
+                                                   "test_auc": roc_auc_score(y_test, probs(test, state, None))}
+                print(f"weights of epochs {name:32s} val AUC {report['weight_averages'][name]['val_auc']:.4f}  "
+                      f"test AUC {report['weight_averages'][name]['test_auc']:.4f}")
     final = {"val_auc": report["snapshots"][n]["val_auc"], "test_auc": report["snapshots"][n]["test_auc"]}
-    best = max(report["ensembles"].items(), key=lambda kv: kv[1]["val_auc"], default=None)
+    best = max([*report["ensembles"].items(), *report["weight_averages"].items()],
+               key=lambda kv: kv[1]["val_auc"], default=None)
     if best is not None and best[1]["val_auc"] > final["val_auc"]:
-        print(f"kept on validation: mean of epochs {best[0]}: test AUC {best[1]['test_auc']:.4f} "
+        print(f"kept on validation: epochs {best[0]}: test AUC {best[1]['test_auc']:.4f} "
               f"(the final epoch alone: {final['test_auc']:.4f})")
     else:
         print(f"kept on validation: the final epoch alone, test AUC {final['test_auc']:.4f}")
