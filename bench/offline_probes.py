@@ -354,11 +354,15 @@ def snapshots(args: argparse.Namespace) -> None:
     ckpt = load_checkpoint(res.checkpoint)
     test, y_test = _test_set(ckpt, args.data)
     with open(out / "splits.csv", newline="", encoding="utf-8") as fh:
-        rows = [r for r in csv.DictReader(fh) if r["split"] == "val"]
+        split_rows = list(csv.DictReader(fh))
     root = args.data / "chest_xray_224"
-    val = decode_images([Path(r["path"]) if Path(r["path"]).is_absolute() else root / r["path"] for r in rows],
-                        ckpt.preprocessing, progress=False)
-    y_val = np.array([r["label"] in ("1", "PNEUMONIA") for r in rows])
+
+    def images_of(split: str):
+        return decode_images([Path(r["path"]) if Path(r["path"]).is_absolute() else root / r["path"]
+                              for r in split_rows if r["split"] == split], ckpt.preprocessing, progress=False)
+
+    val = images_of("val")
+    y_val = np.array([r["label"] in ("1", "PNEUMONIA") for r in split_rows if r["split"] == "val"])
     model = ckpt.model
 
     def probs(images, state, size):
@@ -397,10 +401,10 @@ def snapshots(args: argparse.Namespace) -> None:
     # final size, with BatchNorm either averaged too or re-estimated on the training images.
     report["weight_averages"] = {}
     if len(epochs) > 1:
-        train_rows = [r for r in csv.DictReader(open(out / "splits.csv", newline="", encoding="utf-8"))
-                      if r["split"] == "train"]
-        train_images = decode_images([Path(r["path"]) if Path(r["path"]).is_absolute() else root / r["path"]
-                                      for r in train_rows], ckpt.preprocessing, progress=False)
+        from torch.optim.swa_utils import update_bn
+
+        train_batches = [ckpt.preprocessing.normalize(b.float()[:, None] / 255.0)
+                         for b in images_of("train").split(64)]
         for j in range(len(epochs) - 1):
             members = epochs[j:]
             states = [keep.states[e - 1][1] for e in members]
@@ -409,14 +413,7 @@ def snapshots(args: argparse.Namespace) -> None:
             for bn in ("averaged", "re-estimated"):
                 model.load_state_dict(mean_state)
                 if bn == "re-estimated":
-                    model.train()
-                    for mod in model.modules():
-                        if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm):
-                            mod.reset_running_stats()
-                            mod.momentum = None  # a cumulative mean over every batch
-                    with torch.no_grad():
-                        for i in range(0, len(train_images), 64):
-                            model(ckpt.preprocessing.normalize(train_images[i:i + 64].float()[:, None] / 255.0))
+                    update_bn(train_batches, model)  # a cumulative mean over every training batch
                 state = {k: v.detach().clone() for k, v in model.state_dict().items()}
                 name = f"{'+'.join(map(str, members))}, BatchNorm {bn}"
                 report["weight_averages"][name] = {"val_auc": roc_auc_score(y_val, probs(val, state, None)),
