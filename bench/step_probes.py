@@ -1,6 +1,6 @@
 """Micro-benchmarks of one training step, behind the "not kept" rows of the speed levers.
 
-    python bench/step_probes.py demo-step [--emulate-avx2] [--profile]   # vgg_mini, batch 8, 128 px: layouts, stride-2 stem
+    python bench/step_probes.py demo-step [--emulate-avx2] [--profile]   # vgg_mini, batch 8, 128 px: layouts, stride-2 stem, pool before BN
     python bench/step_probes.py compile [--emulate-avx2]      # ResNet-18, batch 32, 96 px: eager vs torch.compile
     python bench/step_probes.py log-overhead                  # Lightning's per-step cost of two self.log calls
     python bench/step_probes.py optimizer [--emulate-avx2] [--bf16]   # both models' steps: Adam(W) for-loop vs fused
@@ -87,18 +87,24 @@ def demo_step(args: argparse.Namespace) -> None:
             layers = list(model.features)
             layers[0] = nn.Conv2d(3, 8, 3, stride=2, padding=1)
             model.features = nn.Sequential(*(layers[:3] + layers[4:]))
+        if kind == "pool before BN, channels-last":
+            # The experiment: conv -> max-pool -> BN -> ReLU in the first block (BN and ReLU on a
+            # quarter of the pixels), in place of conv -> BN -> ReLU -> max-pool.
+            layers = list(model.features)
+            model.features = nn.Sequential(*([layers[0], layers[3], layers[1], layers[2]] + layers[4:]))
         x = torch.randn(8, 3, 128, 128)
         y = torch.randint(0, 2, (8,))
         if kind != "contiguous":
             model = model.to(memory_format=cl)
-        if kind in ("channels-last (shipped)", "stride-2 stem, channels-last"):
+        if kind.endswith("channels-last") or kind == "channels-last (shipped)":
             x = x.contiguous(memory_format=cl)
         if kind == "first block contiguous":
             model.features[0].weight.data = model.features[0].weight.data.contiguous()
             model.features[4].register_forward_pre_hook(lambda m, a: (a[0].contiguous(memory_format=cl),))
         return _step(model, x, y)
 
-    kinds = ("channels-last (shipped)", "contiguous", "first block contiguous", "stride-2 stem, channels-last")
+    kinds = ("channels-last (shipped)", "contiguous", "first block contiguous", "stride-2 stem, channels-last",
+             "pool before BN, channels-last")
     steps = {k: build(k) for k in kinds}
     _interleaved(steps, rounds=12, per_round=15)
     if args.profile:
