@@ -106,7 +106,6 @@ WEIGHT_STYLES = {
     "convnext_tiny": ("torchvision",),
     "vgg_small": ("pneumoscope",),
     "vgg_mini": ("pneumoscope",),
-    "vgg_mini_pf": ("pneumoscope",),
     "vgg_tiny": ("pneumoscope",),
 }
 IMAGENET_ENUMS = {

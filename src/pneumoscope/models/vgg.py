@@ -16,16 +16,8 @@ VGG19_CFG: list[int | str] = [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M
                               512, 512, 512, 512, "M", 512, 512, 512, 512, "M"]
 
 
-def make_vgg_features(
-    cfg: list[int | str], batch_norm: bool = False, pool_before_norm: int = 0
-) -> tuple[nn.Sequential, dict[str, str], int]:
+def make_vgg_features(cfg: list[int | str], batch_norm: bool = False) -> tuple[nn.Sequential, dict[str, str], int]:
     """Build VGG features and name its layers the Keras way.
-
-    ``pool_before_norm``: in the first that many blocks, the max-pool comes straight after the
-    block's last conv, before its BatchNorm and ReLU (conv → pool → BN → ReLU). Max-pooling
-    commutes with the ReLU and with any increasing per-channel affine map, so the block computes
-    nearly the same function, and its BatchNorm and ReLU run on a quarter of the pixels: at full
-    resolution those memory-bound layers cost more than the convolution itself.
 
     Returns:
         (features, layer_names, out_channels); ``layer_names`` maps ``blockB_convC`` to the
@@ -34,18 +26,14 @@ def make_vgg_features(
     layers: list[nn.Module] = []
     names: dict[str, str] = {}
     in_ch, block, conv = 3, 1, 0
-    for i, v in enumerate(cfg):
+    for v in cfg:
         if v == "M":
-            if names.get(f"block{block}_pool") is None:
-                layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
-                names[f"block{block}_pool"] = f"features.{len(layers) - 1}"
+            layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
+            names[f"block{block}_pool"] = f"features.{len(layers) - 1}"
             block, conv = block + 1, 0
             continue
         assert isinstance(v, int)
         layers.append(nn.Conv2d(in_ch, v, kernel_size=3, padding=1))
-        if block <= pool_before_norm and i + 1 < len(cfg) and cfg[i + 1] == "M":
-            layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
-            names[f"block{block}_pool"] = f"features.{len(layers) - 1}"
         if batch_norm:
             layers.append(nn.BatchNorm2d(v))
         layers.append(nn.ReLU(inplace=True))
@@ -56,11 +44,10 @@ def make_vgg_features(
 
 
 def _compact_vgg(
-    name: str, cfg: list[int | str], hidden: int, batch_norm: bool, weights: str | None, num_classes: int,
-    pool_before_norm: int = 0,
+    name: str, cfg: list[int | str], hidden: int, batch_norm: bool, weights: str | None, num_classes: int
 ) -> Classifier:
     """One of pneumoscope's own small VGGs; ``weights`` can only be a local file (no torchvision counterpart)."""
-    features, names, ch = make_vgg_features(cfg, batch_norm=batch_norm, pool_before_norm=pool_before_norm)
+    features, names, ch = make_vgg_features(cfg, batch_norm=batch_norm)
     model = Classifier(features, ch, names, num_classes=num_classes, hidden=hidden)
     if weights is not None:
         load_backbone_weights(model, weights, name)
@@ -105,18 +92,6 @@ def vgg_small(weights: str | None = None, num_classes: int = 2) -> Classifier:
 )
 def vgg_mini(weights: str | None = None, num_classes: int = 2) -> Classifier:
     return _compact_vgg("vgg_mini", [8, "M", 16, "M", 32, 32, "M", 64, 64], 32, True, weights, num_classes)
-
-
-@register_model(
-    "vgg_mini_pf",
-    min_input_size=16,
-    default_layer="block4_conv2",
-    finetune_from="block4_conv1",
-    description="vgg_mini with its first block pooled before BatchNorm and ReLU (conv → pool → BN → ReLU): the same 75 k parameters, a 22 % cheaper step",
-)
-def vgg_mini_pf(weights: str | None = None, num_classes: int = 2) -> Classifier:
-    return _compact_vgg("vgg_mini_pf", [8, "M", 16, "M", 32, 32, "M", 64, 64], 32, True, weights, num_classes,
-                        pool_before_norm=1)
 
 
 @register_model(
