@@ -68,3 +68,11 @@ def test_overrides_index_into_the_list_of_stages():
         load_config("offline", {"train.stages.2.lr": 1e-4})
     with pytest.raises(ConfigError, match="train.batch_size is not a section"):
         load_config("offline", {"train.batch_size.x": 1})
+
+
+def test_an_indexed_override_leaves_the_callers_stages_alone():
+    stages = [{"name": "a", "epochs": 2}, {"name": "b", "epochs": 1}]
+    overrides = {"train.stages": stages, "train.stages.0.epochs": 5}
+    assert [s.epochs for s in load_config(None, overrides).train.stages] == [5, 1]
+    assert stages == [{"name": "a", "epochs": 2}, {"name": "b", "epochs": 1}]
+    assert [s.epochs for s in load_config(None, {"train.stages": stages}).train.stages] == [2, 1]

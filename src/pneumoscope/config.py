@@ -415,7 +415,7 @@ def config_with_overrides(values: dict[str, Any], overrides: dict[str, Any] | No
             elif not isinstance(cursor, dict):
                 raise ConfigError(f"cannot set {dotted}: {'.'.join(parts[:i])} is not a section")
             if last:
-                cursor[p] = v
+                cursor[p] = copy.deepcopy(v)  # a later override may index into it; the caller's stays as it was
                 continue
             if isinstance(cursor, dict) and p not in cursor and parts[i + 1].isdigit():
                 cursor[p] = _default_value(parts[: i + 1])  # e.g. the default stages, to index into
