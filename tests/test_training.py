@@ -346,3 +346,22 @@ def test_a_stage_below_the_model_minimum_fails_before_training(tmp_path, synth_r
     with pytest.raises(ConfigError, match="stage 's': start_size 4 is below vgg_tiny's minimum"):
         train(cfg, synth_root, tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
+
+
+def test_each_stage_can_train_in_its_own_precision(tmp_path, synth_root, monkeypatch):
+    seen: list[tuple[str, bool]] = []  # (stage, bf16 autocast on) for every training batch
+    real = ClassifierModule.training_step
+
+    def spy(self, batch, batch_idx):
+        seen.append((self.stage.name, torch.is_autocast_enabled("cpu")))
+        return real(self, batch, batch_idx)
+
+    monkeypatch.setattr(ClassifierModule, "training_step", spy)
+    cfg = load_config(None, {**TINY, "train.precision": "bf16", "train.stages": [
+        {"name": "low", "epochs": 1, "lr": 1e-3, "trainable_from": "all"},
+        {"name": "last", "epochs": 1, "lr": 1e-4, "trainable_from": "all", "precision": "fp32"},
+    ]})
+    train(cfg, synth_root, tmp_path / "run", progress=False)
+    assert {s for s, on in seen if on} == {"low"} and {s for s, on in seen if not on} == {"last"}
+    with pytest.raises(ConfigError, match="precision must be one of auto, fp32, bf16"):
+        load_config(None, {**TINY, "train.stages.1.precision": "fp16"})

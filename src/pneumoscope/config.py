@@ -17,6 +17,7 @@ import yaml
 
 from .distributed import ACCELERATORS, STRATEGIES, DistributedConfig
 from .errors import ConfigError
+from .runtime import PRECISIONS
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -113,6 +114,8 @@ class StageConfig:
     # Validation always runs at the stage's size. None / 0: every epoch at the stage's size.
     start_size: int | None = None
     start_epochs: int = 0
+    # This stage's numeric precision (auto | fp32 | bf16); None: train.precision.
+    precision: str | None = None
 
 
 @dataclass
@@ -277,6 +280,10 @@ class Config:
                 raise ConfigError(f"stage {st.name!r}: epochs must be >= 0 and lr > 0")
             if st.optimizer not in ("adam", "adamw", "sgd"):
                 raise ConfigError(f"stage {st.name!r}: optimizer must be adam, adamw or sgd, not {st.optimizer!r}")
+            if st.precision is not None and st.precision not in PRECISIONS:
+                raise ConfigError(
+                    f"stage {st.name!r}: precision must be one of {', '.join(PRECISIONS)} (or unset), not {st.precision!r}"
+                )
             if st.schedule not in ("plateau", "onecycle"):
                 raise ConfigError(f"stage {st.name!r}: schedule must be plateau or onecycle, not {st.schedule!r}")
             if not 0.0 < st.warmup_fraction < 1.0:

@@ -307,11 +307,12 @@ def _train(cfg: Config, data: str | Path, out: str | Path, resume: bool, progres
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
 
-    def make_trainer(stage_callbacks: list[L.Callback], **kwargs: Any) -> L.Trainer:
+    def make_trainer(stage_callbacks: list[L.Callback], stage_precision: str | None = None, **kwargs: Any) -> L.Trainer:
         # The one place a Trainer is built: devices, nodes and strategy from cfg.distributed.
+        prec = resolve_precision(stage_precision, device) if stage_precision else precision
         return L.Trainer(
             **trainer_kwargs(cfg.distributed, device),  # a fresh strategy object per Trainer
-            precision=lightning_precision(precision),  # type: ignore[arg-type]
+            precision=lightning_precision(prec),  # type: ignore[arg-type]
             callbacks=stage_callbacks,
             logger=False,
             enable_progress_bar=progress,
@@ -367,6 +368,7 @@ def _train(cfg: Config, data: str | Path, out: str | Path, resume: bool, progres
         with _quiet_lightning():
             trainer = make_trainer(
                 stage_callbacks,
+                stage.precision,
                 max_epochs=stage.epochs,
                 gradient_clip_val=stage.grad_clip_norm,
                 gradient_clip_algorithm="norm",
