@@ -361,7 +361,8 @@ def test_each_stage_can_train_in_its_own_precision(tmp_path, synth_root, monkeyp
         {"name": "low", "epochs": 1, "lr": 1e-3, "trainable_from": "all"},
         {"name": "last", "epochs": 1, "lr": 1e-4, "trainable_from": "all", "precision": "fp32"},
     ]})
-    train(cfg, synth_root, tmp_path / "run", progress=False)
+    r = train(cfg, synth_root, tmp_path / "run", progress=False)
     assert {s for s, on in seen if on} == {"low"} and {s for s, on in seen if not on} == {"last"}
+    assert r.summary["precision"] == "bf16" and r.summary["stage_precision"] == {"last": "fp32"}
     with pytest.raises(ConfigError, match="precision must be one of auto, fp32, bf16"):
         load_config(None, {**TINY, "train.stages.1.precision": "fp16"})

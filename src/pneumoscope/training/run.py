@@ -395,12 +395,15 @@ def _train(cfg: Config, data: str | Path, out: str | Path, resume: bool, progres
     calibration = run_state["calibration"]
     seconds = time.perf_counter() - t0
     dist = cfg.distributed
+    # Stages that train in their own precision (train.stages[].precision), resolved.
+    own_precision = {st.name: resolve_precision(st.precision, device) for st in cfg.train.stages if st.precision}
     summary = {
         "backbone": cfg.model.backbone,
         "weights": cfg.model.weights,
         "image_size": cfg.data.image_size,
         "device": str(device),
         "precision": precision,
+        **({"stage_precision": own_precision} if own_precision else {}),
         "data_source": sources.kind,  # memory (decoded once into RAM) | store (streamed)
         "world_size": dist.world_size,
         "num_nodes": dist.num_nodes,
