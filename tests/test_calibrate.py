@@ -40,7 +40,7 @@ def test_checkpoint_round_trips_temperature_and_operating_point(tmp_path):
     _save(tmp_path / "a.ckpt", temperature=1.7, operating_point=OP)
     ck = pneumoscope.load_checkpoint(tmp_path / "a.ckpt")
     assert ck.temperature == 1.7 and ck.operating_point == OP and ck.threshold == 0.3
-    assert read_metadata(tmp_path / "a.ckpt")["format_version"] == 2
+    assert read_metadata(tmp_path / "a.ckpt")["format_version"] == 3
 
 
 def test_update_checkpoint_rewrites_metadata_and_keeps_weights(tmp_path):

@@ -34,6 +34,26 @@ def test_roundtrip_carries_the_whole_contract(tmp_path):
     assert not list(tmp_path.glob(".best.ckpt.*"))  # no temp file left behind
 
 
+def test_a_gem_head_round_trips_and_an_older_checkpoint_pools_by_average(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    m = pneumoscope.create_model("vgg_tiny", global_pool="gem")
+    p = tmp_path / "gem.ckpt"
+    save_checkpoint(p, m, architecture="vgg_tiny", preprocessing=Preprocessing(32), target_layer="block3_conv1")
+    ck = pneumoscope.load_checkpoint(p)
+    assert ck.model.global_pool == "gem" and read_metadata(p)["global_pool"] == "gem"
+    x = torch.rand(2, 3, 32, 32)
+    torch.testing.assert_close(ck.model(x), m.eval()(x))
+    # A version-2 checkpoint has no global_pool: its head averages, as it did when it was written.
+    meta = read_metadata(p)
+    del meta["global_pool"]
+    meta["format_version"] = 2
+    save_file(load_file(str(p)), str(p), metadata={"pneumoscope": json.dumps(meta)})
+    old = pneumoscope.load_checkpoint(p)
+    assert old.model.global_pool == "avg" and isinstance(old.model.head.pool, torch.nn.AdaptiveAvgPool2d)
+    assert not torch.allclose(old.model(x), ck.model(x))
+
+
 def test_file_is_safetensors_not_pickle(tmp_path):
     _, p = _save(tmp_path)
     head = p.read_bytes()[:16]

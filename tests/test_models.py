@@ -265,3 +265,18 @@ def test_torchvision_layouts_train_and_explain_after_loading(fast_init, tmp_path
         trainable = {n for n, p in m.named_parameters() if p.requires_grad}
         assert any(n.startswith("head.") for n in trainable)
         assert 0 < len(trainable) < len(list(m.parameters()))
+
+
+def test_gem_pooling_sits_between_average_and_max_and_keeps_the_weights():
+    from pneumoscope.models.base import GeneralizedMeanPool
+
+    x = torch.rand(3, 4, 5, 5)
+    gem = GeneralizedMeanPool()(x).flatten(1)
+    assert torch.all(gem > x.mean((2, 3)) - 1e-6) and torch.all(gem < x.amax((2, 3)) + 1e-6)
+    torch.testing.assert_close(GeneralizedMeanPool(p=1.0)(x).flatten(1), x.mean((2, 3)))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # pooled in float32 under bf16 autocast too
+        assert GeneralizedMeanPool()(x.bfloat16()).dtype == torch.float32
+    avg, gem_model = pneumoscope.create_model("vgg_tiny"), pneumoscope.create_model("vgg_tiny", global_pool="gem")
+    assert avg.state_dict().keys() == gem_model.state_dict().keys() and gem_model.global_pool == "gem"
+    with pytest.raises(ConfigError, match="unknown global pool 'max'"):
+        pneumoscope.create_model("vgg_tiny", global_pool="max")

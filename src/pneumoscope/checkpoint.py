@@ -28,7 +28,7 @@ from .fileio import atomic_path
 from .zoo import check_writable, resolve_checkpoint, shipped_names
 
 FORMAT = "pneumoscope.checkpoint"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 3: global_pool (a version-2 checkpoint's head pools by average)
 CLASS_NAMES = ("NORMAL", "PNEUMONIA")
 
 
@@ -81,6 +81,7 @@ def save_checkpoint(
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "architecture": architecture,
+        "global_pool": getattr(model, "global_pool", "avg"),
         "num_classes": len(class_names),
         "class_names": list(class_names),
         "preprocessing": preprocessing.to_dict(),
@@ -260,7 +261,8 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
     meta = read_metadata(p)
     arch = meta.get("architecture", "")
     try:
-        model = create_model(arch, weights=None, num_classes=int(meta["num_classes"]))
+        model = create_model(arch, weights=None, num_classes=int(meta["num_classes"]),
+                             global_pool=meta.get("global_pool", "avg"))
     except PneumoscopeError as exc:
         raise CheckpointError(f"{p}: {exc}") from exc
     try:

@@ -17,6 +17,7 @@ import yaml
 
 from .distributed import ACCELERATORS, STRATEGIES, DistributedConfig
 from .errors import ConfigError
+from .models.base import GLOBAL_POOLS
 from .runtime import PRECISIONS
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -81,6 +82,7 @@ class ModelConfig:
     backbone: str = "vgg19"
     weights: str = "imagenet"  # imagenet | none | PATH
     cam_layer: str | None = None  # None: the backbone's default
+    global_pool: str = "avg"  # avg (the seed's GAP) | gem (generalised mean, p = 3)
 
 
 @dataclass
@@ -233,6 +235,8 @@ class Config:
             raise ConfigError(f"train.ema_decay must be in [0, 1), not {self.train.ema_decay}")
         if not 0.0 < self.train.threshold < 1.0:
             raise ConfigError("train.threshold must be in (0, 1)")
+        if self.model.global_pool not in GLOBAL_POOLS:
+            raise ConfigError(f"model.global_pool must be one of {', '.join(GLOBAL_POOLS)}, not {self.model.global_pool!r}")
         if self.data.intensity not in ("none", "equalize"):
             raise ConfigError(f"data.intensity must be none or equalize, not {self.data.intensity!r}")
         aug = self.data.augment

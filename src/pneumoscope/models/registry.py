@@ -60,7 +60,7 @@ def get_model_info(name: str) -> ModelInfo:
         raise ConfigError(f"unknown model {name!r}; available: {', '.join(list_models())}") from None
 
 
-def create_model(name: str, weights: str | None = None, num_classes: int = 2) -> nn.Module:
+def create_model(name: str, weights: str | None = None, num_classes: int = 2, global_pool: str = "avg") -> nn.Module:
     """Build a registered model.
 
     Args:
@@ -70,10 +70,14 @@ def create_model(name: str, weights: str | None = None, num_classes: int = 2) ->
             local state dict (``.pth``/``.pt``/``.safetensors``) of the backbone or a pneumoscope
             checkpoint.
         num_classes: output classes (2: NORMAL, PNEUMONIA).
+        global_pool: how the head pools the last feature map: ``avg`` (the seed's) or ``gem``
+            (generalised mean, p = 3).
     """
     info = get_model_info(name)
     if weights in ("none", ""):
         weights = None
     model = info.builder(weights=weights, num_classes=num_classes)
     model.arch = name
+    if global_pool != "avg":
+        model.set_global_pool(global_pool)
     return model

@@ -264,7 +264,8 @@ def _train(cfg: Config, data: str | Path, out: str | Path, resume: bool, progres
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)  # the same seed on every rank
 
     # Build the model before touching data, so a weights problem fails at once.
-    model = create_model(cfg.model.backbone, weights=cfg.model.weights, num_classes=len(CLASS_NAMES))
+    model = create_model(cfg.model.backbone, weights=cfg.model.weights, num_classes=len(CLASS_NAMES),
+                         global_pool=cfg.model.global_pool)
     model.module_path(cam_layer)  # unknown layer names fail now, not after training
     prep = Preprocessing(cfg.data.image_size, tuple(cfg.data.mean), tuple(cfg.data.std), cfg.data.intensity)  # type: ignore[arg-type]
 
