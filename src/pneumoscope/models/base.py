@@ -92,7 +92,6 @@ class Classifier(nn.Module):
         self.head = SeedHead(feature_channels, num_classes, hidden)
         self.layer_names = dict(layer_names)
         self.arch = ""
-        self.global_pool = "avg"
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)
@@ -106,10 +105,14 @@ class Classifier(nn.Module):
     def reset_classifier(self, num_classes: int) -> None:
         self.head.fc2 = nn.Linear(self.head.fc2.in_features, num_classes)
 
+    @property
+    def global_pool(self) -> str:
+        """How the head pools the last feature map: ``avg`` or ``gem``."""
+        return "gem" if isinstance(self.head.pool, GeneralizedMeanPool) else "avg"
+
     def set_global_pool(self, kind: str) -> None:
         """Pool the last feature map with ``kind`` (one of :data:`GLOBAL_POOLS`); no weights change."""
         self.head.pool = make_global_pool(kind)
-        self.global_pool = kind
 
     def set_trainable(self, trainable_from: str | None) -> None:
         """Freeze the backbone up to ``trainable_from`` (None: all frozen; ``all``: none).
