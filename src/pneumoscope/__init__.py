@@ -2,10 +2,10 @@
 
 The public API::
 
-    create_model(name, weights=None, num_classes=2)   list_models()
-    resolve_layer(model, name)                         load_checkpoint(path)
-    read_image(path)                                   explain(model, images, method="gradcam", ...)
-                                                       explain_many(model, images, methods, ...)
+    create_model(name, weights=None, num_classes=2, global_pool="avg")
+    list_models()                                      load_checkpoint(path)
+    resolve_layer(model, name)                         explain(model, images, method="gradcam", ...)
+    read_image(path)                                   explain_many(model, images, methods, ...)
 """
 
 from __future__ import annotations
