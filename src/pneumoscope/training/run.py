@@ -261,6 +261,8 @@ def _train(cfg: Config, data: str | Path, out: str | Path, resume: bool, progres
     device = _device(cfg)
     trainer_kwargs(cfg.distributed, device)  # checks now that the GPUs asked for exist
     precision = resolve_precision(cfg.train.precision, device)
+    # Each stage's resolved precision: its own (train.stages[].precision) or the run's.
+    stage_precisions = [resolve_precision(st.precision, device) if st.precision else precision for st in cfg.train.stages]
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)  # the same seed on every rank
 
     # Build the model before touching data, so a weights problem fails at once.
@@ -308,12 +310,11 @@ def _train(cfg: Config, data: str | Path, out: str | Path, resume: bool, progres
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
 
-    def make_trainer(stage_callbacks: list[L.Callback], stage_precision: str | None = None, **kwargs: Any) -> L.Trainer:
+    def make_trainer(stage_callbacks: list[L.Callback], stage_precision: str = precision, **kwargs: Any) -> L.Trainer:
         # The one place a Trainer is built: devices, nodes and strategy from cfg.distributed.
-        prec = resolve_precision(stage_precision, device) if stage_precision else precision
         return L.Trainer(
             **trainer_kwargs(cfg.distributed, device),  # a fresh strategy object per Trainer
-            precision=lightning_precision(prec),  # type: ignore[arg-type]
+            precision=lightning_precision(stage_precision),  # type: ignore[arg-type]
             callbacks=stage_callbacks,
             logger=False,
             enable_progress_bar=progress,
@@ -326,7 +327,7 @@ def _train(cfg: Config, data: str | Path, out: str | Path, resume: bool, progres
     best: dict[str, Any] = {}  # this process's copy of best.ckpt's weights
     trainer: L.Trainer | None = None
     trained_now = False
-    for stage in cfg.train.stages:
+    for stage, stage_precision in zip(cfg.train.stages, stage_precisions):
         if stage.name in run_state["completed"]:
             best_file = state_dir / f"{stage.name}-best.safetensors"
             if best_file.is_file():
@@ -369,7 +370,7 @@ def _train(cfg: Config, data: str | Path, out: str | Path, resume: bool, progres
         with _quiet_lightning():
             trainer = make_trainer(
                 stage_callbacks,
-                stage.precision,
+                stage_precision,
                 max_epochs=stage.epochs,
                 gradient_clip_val=stage.grad_clip_norm,
                 gradient_clip_algorithm="norm",
@@ -397,7 +398,7 @@ def _train(cfg: Config, data: str | Path, out: str | Path, resume: bool, progres
     seconds = time.perf_counter() - t0
     dist = cfg.distributed
     # Stages that train in their own precision (train.stages[].precision), resolved.
-    own_precision = {st.name: resolve_precision(st.precision, device) for st in cfg.train.stages if st.precision}
+    own_precision = {st.name: p for st, p in zip(cfg.train.stages, stage_precisions) if st.precision}
     summary = {
         "backbone": cfg.model.backbone,
         "weights": cfg.model.weights,
