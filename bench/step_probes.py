@@ -5,6 +5,7 @@
     python bench/step_probes.py log-overhead                  # Lightning's per-step cost of two self.log calls
     python bench/step_probes.py optimizer [--emulate-avx2] [--bf16]   # both models' steps: Adam(W) for-loop vs fused
     python bench/step_probes.py grey-stem [--emulate-avx2]    # ResNet-18 (batch 32, 96 px) and vgg_mini: 3- vs 1-channel input
+    python bench/step_probes.py frozen-prefix [--emulate-avx2] [--bf16]   # both models' steps with their first layers frozen
 
 Each variant runs in this one process, interleaved round by round (12 rounds of 15 steps for
 ``demo-step``), and the median and minimum milliseconds per step are printed with the CPU and
@@ -52,13 +53,18 @@ def _interleaved(steps: dict[str, Callable[[], None]], rounds: int, per_round: i
 def _step(
     model, x, y, lr: float = 1e-3, optimizer: str = "adam", fused: bool | None = None, bf16: bool = False
 ) -> Callable[[], None]:
+    import torch
+
+    opt = (torch.optim.AdamW(model.parameters(), lr, weight_decay=1e-4, fused=fused) if optimizer == "adamw"
+           else torch.optim.Adam(model.parameters(), lr, fused=fused))
+    return _step_with(model, opt, x, y, bf16)
+
+
+def _step_with(model, opt, x, y, bf16: bool = False) -> Callable[[], None]:
     import contextlib
 
     import torch
     import torch.nn.functional as F
-
-    opt = (torch.optim.AdamW(model.parameters(), lr, weight_decay=1e-4, fused=fused) if optimizer == "adamw"
-           else torch.optim.Adam(model.parameters(), lr, fused=fused))
 
     def step() -> None:
         opt.zero_grad(set_to_none=True)
@@ -206,6 +212,35 @@ def grey_stem(args: argparse.Namespace) -> None:
                  rounds=12, per_round=15)
 
 
+def frozen_prefix(args: argparse.Namespace) -> None:
+    """Both models' training steps with the layers before ``trainable_from`` frozen (no backward
+    through them; BatchNorm statistics still adapt): offline.yaml's ResNet-18 (AdamW, batch 32,
+    96 px) and the demo's vgg_mini (Adam, batch 8, 128 px), channels-last as training runs them."""
+    import torch
+
+    from pneumoscope.models import create_model
+
+    cl = torch.channels_last
+
+    def build(arch: str, trainable: str, size: int, batch: int, optimizer: str):
+        torch.manual_seed(0)
+        model = create_model(arch, weights=None).to(memory_format=cl)
+        model.set_trainable(trainable)
+        model.train()
+        x = torch.randn(batch, 3, size, size).contiguous(memory_format=cl)
+        y = torch.randint(0, 2, (batch,))
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = (torch.optim.AdamW(params, 1e-3, weight_decay=1e-4) if optimizer == "adamw"
+               else torch.optim.Adam(params, 1e-3))
+        return _step_with(model, opt, x, y, args.bf16)
+
+    steps = {f"resnet18 96 px from {t}": build("resnet18", t, 96, 32, "adamw")
+             for t in ("all", "layer1", "layer2", "layer3")}
+    steps.update({f"vgg_mini 128 px from {t}": build("vgg_mini", t, 128, 8, "adam")
+                  for t in ("all", "block2_conv1", "block3_conv1")})
+    _interleaved(steps, rounds=6, per_round=6, warmup=3)
+
+
 def log_overhead(args: argparse.Namespace) -> None:
     """What Lightning adds per step, and what two ``self.log(on_epoch=True)`` calls add to that."""
     import lightning as L
@@ -242,11 +277,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="probe", required=True)
     for name, fn in (("demo-step", demo_step), ("compile", compile_step), ("log-overhead", log_overhead),
-                     ("optimizer", optimizer_step), ("grey-stem", grey_stem)):
+                     ("optimizer", optimizer_step), ("grey-stem", grey_stem),
+                     ("frozen-prefix", frozen_prefix)):
         p = sub.add_parser(name)
         p.add_argument("--emulate-avx2", action="store_true", help="cap oneDNN/ATen/MKL at AVX2 (re-executes)")
         p.add_argument("--profile", action="store_true", help="demo-step: torch.profiler table of the shipped layout")
-        p.add_argument("--bf16", action="store_true", help="optimizer: the forward pass under bf16 autocast")
+        p.add_argument("--bf16", action="store_true", help="optimizer, frozen-prefix: the forward pass under bf16 autocast")
         p.set_defaults(fn=fn)
     args = ap.parse_args(argv)
     if args.emulate_avx2 and os.environ.get("ONEDNN_MAX_CPU_ISA") != "AVX2":

@@ -79,6 +79,25 @@ def test_two_cpu_processes_split_the_data_and_agree(ddp_store, tmp_path):
     assert op is None or op["n"] == s.count("val")
 
 
+def test_late_epochs_freeze_layers_under_ddp(ddp_store, tmp_path):
+    """A stage whose last epoch trains from a later layer (train.stages[].late_epochs): DDP's
+    reducer is told that parameters may stop taking part, and both ranks still agree."""
+    from pneumoscope.data.store import Store
+
+    s = Store(ddp_store)
+    n_train = s.count("train")
+    overrides = {**TINY, "distributed.devices": 2, "distributed.accelerator": "cpu",
+                 "train.batch_size": _batch_size(n_train, 2),
+                 "train.stages": [{"name": "stage1", "epochs": 2, "lr": 1e-3, "trainable_from": "all",
+                                   "late_epochs": 1, "late_trainable_from": "block3_conv1",
+                                   "early_stopping_patience": 5}]}
+    out, rec = tmp_path / "run", tmp_path / "rec"
+    proc = run_driver(tmp_path, ddp_store, out, rec, overrides)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    got = _check_ddp_run(out, rec, n_train, {int(r["id"]) for r in s.rows(("train",))}, 2)
+    assert [e for e, _ in got["ends"]] == [2]
+
+
 @pytest.mark.slow
 def test_torchrun_two_nodes_on_loopback(ddp_store, tmp_path):
     """``torchrun --nnodes 2 --nproc-per-node 1`` twice on 127.0.0.1, as two machines would run it."""

@@ -236,6 +236,12 @@ def test_distributed_flags_are_config_keys_and_checked(run_cli, store, tmp_path)
     assert cfg.distributed.world_size == 2
     kw = trainer_kwargs(cfg.distributed)
     assert kw["devices"] == 2 and kw["strategy"].process_group_backend == "gloo"
+    assert kw["strategy"]._ddp_kwargs.get("find_unused_parameters") is False
+    assert trainer_kwargs(cfg.distributed, find_unused_parameters=True)["strategy"]._ddp_kwargs["find_unused_parameters"]
+    named = load_config(None, {"distributed.devices": 2, "distributed.accelerator": "cpu",
+                               "distributed.strategy": "ddp_find_unused_parameters_true"})
+    kw = trainer_kwargs(named.distributed)  # the named strategy keeps its meaning on gloo
+    assert kw["strategy"].process_group_backend == "gloo" and kw["strategy"]._ddp_kwargs["find_unused_parameters"]
     dump_config(cfg, tmp_path / "c.yaml")
     assert load_config(tmp_path / "c.yaml").distributed == cfg.distributed  # dataclass -> YAML -> back
     base = ["train", "--data", store, "--backbone", "vgg_tiny", "--weights", "none", "--image-size", "32"]

@@ -348,6 +348,43 @@ def test_a_stage_below_the_model_minimum_fails_before_training(tmp_path, synth_r
     assert not (tmp_path / "run").exists()
 
 
+def test_late_epochs_freeze_the_first_layers_inside_the_stage(tmp_path, synth_root, monkeypatch):
+    seen: list[tuple[int, bool, torch.Tensor, torch.Tensor]] = []  # (epoch, first conv trains, its weight, the last conv's)
+    real = ClassifierModule.training_step
+
+    def spy(self, batch, batch_idx):
+        convs = [m for m in self.model.features if isinstance(m, torch.nn.Conv2d)]
+        seen.append((self.current_epoch, convs[0].weight.requires_grad, convs[0].weight.detach().clone(),
+                     convs[-1].weight.detach().clone()))
+        return real(self, batch, batch_idx)
+
+    monkeypatch.setattr(ClassifierModule, "training_step", spy)
+    cfg = load_config(None, {**TINY, "train.batch_size": 4, "train.stages": [
+        {"name": "s", "epochs": 3, "lr": 1e-2, "trainable_from": "all", "late_epochs": 1,
+         "late_trainable_from": "block2_conv1", "schedule": "onecycle"},
+    ]})
+    r = train(cfg, synth_root, tmp_path / "run", progress=False)
+    assert r.checkpoint.is_file()
+    assert {e for e, on, _, _ in seen if on} == {0, 1} and {e for e, on, _, _ in seen if not on} == {2}
+    last = [(w0, w1) for e, _, w0, w1 in seen if e == 2]
+    assert len(last) >= 2
+    assert torch.equal(last[0][0], last[-1][0])  # the first conv no longer moves in the last epoch
+    assert not torch.equal(last[0][1], last[-1][1])  # the layers after it still train
+    early = [w0 for e, _, w0, _ in seen if e == 0]
+    assert not torch.equal(early[0], early[-1])  # and before it, everything trained
+
+
+def test_late_epochs_are_checked_before_training(tmp_path, synth_root):
+    with pytest.raises(ConfigError, match="late_epochs and late_trainable_from go together"):
+        load_config(None, {**TINY, "train.stages.0.late_epochs": 1})
+    with pytest.raises(ConfigError, match=r"late_epochs must be between 0 and epochs \(2\)"):
+        load_config(None, {**TINY, "train.stages.0.late_epochs": 3, "train.stages.0.late_trainable_from": "block3_conv1"})
+    cfg = load_config(None, {**TINY, "train.stages.1.late_epochs": 1, "train.stages.1.late_trainable_from": "block9_conv1"})
+    with pytest.raises(ConfigError, match="unknown layer 'block9_conv1'"):
+        train(cfg, synth_root, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+
+
 def test_each_stage_can_train_in_its_own_precision(tmp_path, synth_root, monkeypatch):
     seen: list[tuple[str, bool]] = []  # (stage, bf16 autocast on) for every training batch
     real = ClassifierModule.training_step

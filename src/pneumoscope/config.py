@@ -118,6 +118,12 @@ class StageConfig:
     start_epochs: int = 0
     # This stage's numeric precision (auto | fp32 | bf16); None: train.precision.
     precision: str | None = None
+    # The stage's last ``late_epochs`` epochs train from ``late_trainable_from`` on, inside the
+    # same learning-rate schedule: the layers before it freeze (their BatchNorm statistics still
+    # adapt), and the step skips their backward pass. It only ever freezes more than
+    # ``trainable_from``. 0: every epoch trains what ``trainable_from`` says.
+    late_epochs: int = 0
+    late_trainable_from: str | None = None
 
 
 @dataclass
@@ -304,6 +310,12 @@ class Config:
                     f"stage {st.name!r}: start_size must be between 1 and the stage's size "
                     f"({st.image_size or self.data.image_size}), not {st.start_size}"
                 )
+            if (st.late_trainable_from is None) != (st.late_epochs == 0):
+                raise ConfigError(
+                    f"stage {st.name!r}: late_epochs and late_trainable_from go together (both set or neither)"
+                )
+            if not 0 <= st.late_epochs <= st.epochs:
+                raise ConfigError(f"stage {st.name!r}: late_epochs must be between 0 and epochs ({st.epochs}), not {st.late_epochs}")
             if not 0 <= st.start_epochs <= st.epochs:
                 raise ConfigError(f"stage {st.name!r}: start_epochs must be between 0 and epochs ({st.epochs}), not {st.start_epochs}")
         last = self.train.stages[-1]

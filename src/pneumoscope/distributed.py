@@ -68,11 +68,15 @@ class DistributedConfig:
         return "ddp" if self.world_size > 1 else "auto"
 
 
-def trainer_kwargs(dist: DistributedConfig, device: torch.device | None = None) -> dict[str, Any]:
+def trainer_kwargs(
+    dist: DistributedConfig, device: torch.device | None = None, find_unused_parameters: bool = False
+) -> dict[str, Any]:
     """``accelerator``, ``devices``, ``num_nodes`` and ``strategy`` for ``lightning.Trainer``.
 
     With one process, an explicit ``device`` (``cuda:N``) is honoured, as single-device runs
-    always did: ``devices=1`` alone would mean "the first GPU".
+    always did: ``devices=1`` alone would mean "the first GPU". ``find_unused_parameters``: DDP
+    checks every step which parameters took part (a stage that freezes layers part-way through,
+    ``late_epochs``); it costs a walk of the autograd graph per step, so only such stages ask.
     """
     dist.validate()
     if dist.world_size == 1 and device is not None:
@@ -86,13 +90,17 @@ def trainer_kwargs(dist: DistributedConfig, device: torch.device | None = None) 
         "num_nodes": dist.num_nodes,
         "strategy": dist.resolved_strategy(),
     }
-    if kwargs["accelerator"] == "cpu" and kwargs["strategy"].startswith("ddp"):
-        # CPU processes talk over gloo; Lightning's default for CPU DDP, made explicit so a CUDA
-        # build on a machine without GPUs never tries NCCL.
+    cpu = kwargs["accelerator"] == "cpu"
+    find_unused_parameters = find_unused_parameters or kwargs["strategy"] == "ddp_find_unused_parameters_true"
+    if kwargs["strategy"].startswith("ddp") and (cpu or find_unused_parameters):
         from lightning.pytorch.strategies import DDPStrategy
 
         kwargs["strategy"] = DDPStrategy(
-            process_group_backend="gloo", start_method="spawn" if dist.strategy == "ddp_spawn" else "popen"
+            # CPU processes talk over gloo; Lightning's default for CPU DDP, made explicit so a
+            # CUDA build on a machine without GPUs never tries NCCL.
+            **({"process_group_backend": "gloo"} if cpu else {}),
+            start_method="spawn" if kwargs["strategy"] == "ddp_spawn" else "popen",
+            find_unused_parameters=find_unused_parameters,
         )
     return kwargs
 

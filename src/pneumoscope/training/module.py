@@ -84,6 +84,18 @@ class ClassifierModule(L.LightningModule):
         """The weights that are validated and exported: the EMA copy when on, else the model."""
         return self.ema.module if self.ema is not None else self.model
 
+    def on_train_epoch_start(self) -> None:
+        st = self.stage
+        if st.late_epochs and self.current_epoch >= st.epochs - st.late_epochs:
+            # The stage's last epochs: freeze the layers before late_trainable_from. Only ever
+            # more frozen than the stage began with; a frozen parameter's gradient stays None, so
+            # the optimiser leaves it (and its weight decay) alone.
+            before = {id(p) for p in self.model.parameters() if p.requires_grad}
+            self.model.set_trainable(st.late_trainable_from)
+            for p in self.model.parameters():
+                if id(p) not in before:
+                    p.requires_grad_(False)
+
     def on_train_batch_end(self, outputs: object, batch: object, batch_idx: int) -> None:
         if self.ema is not None:
             self.ema.update_parameters(self.model)

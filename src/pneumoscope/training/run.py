@@ -269,6 +269,10 @@ def _train(cfg: Config, data: str | Path, out: str | Path, resume: bool, progres
     model = create_model(cfg.model.backbone, weights=cfg.model.weights, num_classes=len(CLASS_NAMES),
                          global_pool=cfg.model.global_pool)
     model.module_path(cam_layer)  # unknown layer names fail now, not after training
+    for st in cfg.train.stages:  # and so do the stages' (each stage sets its own before it trains)
+        for name in (st.trainable_from, st.late_trainable_from):
+            if name is not None:
+                model.set_trainable(name)
     prep = Preprocessing(cfg.data.image_size, tuple(cfg.data.mean), tuple(cfg.data.std), cfg.data.intensity)  # type: ignore[arg-type]
 
     sources = open_training_data(data, cfg, prep, progress)
@@ -310,10 +314,14 @@ def _train(cfg: Config, data: str | Path, out: str | Path, resume: bool, progres
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
 
-    def make_trainer(stage_callbacks: list[L.Callback], stage_precision: str = precision, **kwargs: Any) -> L.Trainer:
+    def make_trainer(
+        stage_callbacks: list[L.Callback], stage_precision: str = precision, freezes_late: bool = False, **kwargs: Any,
+    ) -> L.Trainer:
         # The one place a Trainer is built: devices, nodes and strategy from cfg.distributed.
         return L.Trainer(
-            **trainer_kwargs(cfg.distributed, device),  # a fresh strategy object per Trainer
+            # A fresh strategy object per Trainer; a stage that freezes layers part-way through
+            # tells DDP that parameters may stop taking part.
+            **trainer_kwargs(cfg.distributed, device, find_unused_parameters=freezes_late),
             precision=lightning_precision(stage_precision),  # type: ignore[arg-type]
             callbacks=stage_callbacks,
             logger=False,
@@ -371,6 +379,7 @@ def _train(cfg: Config, data: str | Path, out: str | Path, resume: bool, progres
             trainer = make_trainer(
                 stage_callbacks,
                 stage_precision,
+                freezes_late=stage.late_epochs > 0,
                 max_epochs=stage.epochs,
                 gradient_clip_val=stage.grad_clip_norm,
                 gradient_clip_algorithm="norm",
