@@ -93,3 +93,8 @@ def test_newer_format_is_refused(tmp_path):
     save_file(load_file(str(p)), str(p), metadata={"pneumoscope": json.dumps(meta)})
     with pytest.raises(CheckpointError, match="upgrade"):
         pneumoscope.load_checkpoint(p)
+
+
+def test_a_run_folder_given_as_checkpoint_points_at_its_best_ckpt(tiny_run):
+    with pytest.raises(CheckpointError, match=r"is a folder; expected a checkpoint file .*holds best.ckpt"):
+        read_metadata(tiny_run)

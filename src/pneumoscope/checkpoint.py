@@ -216,6 +216,9 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     from safetensors import safe_open
 
     p = resolve_checkpoint(path)
+    if p.is_dir():
+        inside = " (it holds best.ckpt: pass that)" if (p / "best.ckpt").is_file() else ""
+        raise CheckpointError(f"{p}: is a folder; expected a checkpoint file such as RUN/best.ckpt{inside}")
     if not p.is_file():
         hint = f" or the name of a shipped model ({shipped_names()})" if len(p.parts) == 1 else ""
         raise CheckpointError(f"{p}: checkpoint not found; expected a checkpoint file{hint}")

@@ -67,6 +67,14 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except PneumoscopeError as exc:
             _say(f"error: {exc}")
             raise typer.Exit(2) from None
+        except OSError as exc:
+            if exc.filename is None:
+                raise  # not about a path the user gave: a bug to see whole
+            # A path the system refused (a file where a folder must be, no permission, a full
+            # disk): the user's to fix, so one line naming it.
+            target = f"{exc.filename} -> {exc.filename2}" if exc.filename2 else exc.filename
+            _say(f"error: {target}: {exc.strerror or exc}")
+            raise typer.Exit(2) from None
         except KeyboardInterrupt:
             _say("interrupted")
             raise typer.Exit(130) from None
@@ -92,7 +100,7 @@ class Score(str, Enum):
 @user_errors
 def train(
     data: Path = typer.Option(..., "--data", help="Dataset root (Kaggle layout train/val/test), CSV manifest, or a store from `pneumoscope prepare` (streamed)."),
-    config: Optional[str] = typer.Option(None, "--config", help="YAML config file, or a bundled name: seed, demo."),
+    config: Optional[str] = typer.Option(None, "--config", help="YAML config file, or a bundled name: seed, offline, demo."),
     backbone: Optional[str] = typer.Option(None, "--backbone", help="Model name (see `pneumoscope models`)."),
     weights: Optional[str] = typer.Option(None, "--weights", help="imagenet | none | PATH to a local weights file."),
     image_size: Optional[int] = typer.Option(None, "--image-size", help="Input size in pixels."),
@@ -116,21 +124,24 @@ def train(
     from .config import load_config, parse_set_overrides
     from .training import train as run_train
 
-    overrides: dict[str, Any] = parse_set_overrides(set_)
-    overrides.update({k: v for k, v in {  # a flag left out must not erase a --set of the same key
+    # Defaults, the YAML, the flags, then --set: applied in that order, so --set wins. A flag
+    # left out is not an override at all.
+    overrides: dict[str, Any] = {k: v for k, v in {
         "model.backbone": backbone, "model.weights": weights, "data.image_size": image_size,
         "data.val_source": val_source.value if val_source else None, "train.seed": seed,
         "train.batch_size": batch_size, "train.precision": precision.value if precision else None,
         "train.device": device, "distributed.devices": devices, "distributed.num_nodes": num_nodes,
         "distributed.accelerator": accelerator, "distributed.strategy": strategy,
-    }.items() if v is not None})
+    }.items() if v is not None}
     if limit_train_batches is not None:
         overrides["train.limit_train_batches"] = int(limit_train_batches) if limit_train_batches > 1 else limit_train_batches
+    sets = parse_set_overrides(set_)
+    overrides.update(sets)
     if resume and config is None and (out / "config.yaml").is_file():
         config = str(out / "config.yaml")  # continue the run as it was configured
     cfg = load_config(config, overrides)
     if epochs is not None:
-        cfg = _set_epochs(cfg, epochs)
+        cfg = _set_epochs(cfg, epochs, sets)
     result = run_train(cfg, data, out, resume=resume, progress=_progress() and not no_progress)
     if not result.is_global_zero:
         return  # one report per run, from rank 0
@@ -139,7 +150,8 @@ def train(
     _say(f"best val_loss {result.best_val_loss:.4f} at epoch {result.best_epoch}; checkpoint: {result.checkpoint}")
 
 
-def _set_epochs(cfg: Any, spec: str) -> Any:
+def _set_epochs(cfg: Any, spec: str, sets: dict[str, Any]) -> Any:
+    """--epochs on every stage, except where --set (which comes after the flags) gave them."""
     from .errors import ConfigError
 
     try:
@@ -150,8 +162,9 @@ def _set_epochs(cfg: Any, spec: str) -> Any:
         values = values * len(cfg.train.stages)
     if len(values) != len(cfg.train.stages):
         raise ConfigError(f"--epochs gives {len(values)} values for {len(cfg.train.stages)} stages")
-    for st, v in zip(cfg.train.stages, values):
-        st.epochs = v
+    for i, (st, v) in enumerate(zip(cfg.train.stages, values)):
+        if "train.stages" not in sets and f"train.stages.{i}" not in sets and f"train.stages.{i}.epochs" not in sets:
+            st.epochs = v
     return cfg.validate()
 
 
@@ -583,10 +596,11 @@ def models_cmd(
                    f"{meta.get('info', {}).get('summary', '')}")
     if not shipped:
         typer.echo("  (none in this installation)")
-    typer.echo("Architectures (model.backbone in a training config), with their Grad-CAM layer:")
+    typer.echo("Architectures (model.backbone in a training config), with their Grad-CAM layer and the layer "
+               "`trainable_from: finetune` trains from:")
     for arch in list_models():
         info = get_model_info(arch)
-        typer.echo(f"  {arch:20s} layer {info.default_layer:14s} {info.description}")
+        typer.echo(f"  {arch:20s} layer {info.default_layer:14s} finetune {info.finetune_from:14s} {info.description}")
 
 
 @app.command()

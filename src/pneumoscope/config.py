@@ -92,7 +92,9 @@ class StageConfig:
     name: str = "stage1"
     epochs: int = 7
     lr: float = 3e-4
-    # None: backbone frozen, head only; "all": everything; a layer name: that layer on.
+    # None: backbone frozen, head only; "all": everything; a layer name: that layer on;
+    # "finetune": the backbone's own fine-tuning start (listed by `pneumoscope models`), which
+    # for VGG19 is block5_conv1, the seed's.
     trainable_from: str | None = None
     grad_clip_norm: float | None = None
     weight_decay: float = 0.0
@@ -170,7 +172,7 @@ class TrainConfig:
                 name="stage2",
                 epochs=14,
                 lr=1e-5,
-                trainable_from="block5_conv1",
+                trainable_from="finetune",  # block5_conv1 on the default VGG19, the seed's
                 grad_clip_norm=1.0,
                 min_lr=1e-7,
             ),
@@ -224,6 +226,11 @@ class Config:
             raise ConfigError(f"data.image_size must be positive, not {self.data.image_size}")
         if self.train.batch_size < 1:
             raise ConfigError(f"train.batch_size must be positive, not {self.train.batch_size}")
+        for key in ("limit_train_batches", "limit_val_batches"):
+            if not getattr(self.train, key) > 0:
+                raise ConfigError(
+                    f"train.{key} must be above 0 (a fraction up to 1, or a count of batches), not {getattr(self.train, key)}"
+                )
         if not 0.0 <= self.train.label_smoothing < 1.0:
             raise ConfigError("train.label_smoothing must be in [0, 1)")
         if self.train.class_weights not in ("balanced", None, "none"):
@@ -324,6 +331,11 @@ class Config:
                 f"stage {last.name!r}: the last stage must train at data.image_size ({self.data.image_size}), "
                 f"not {last.image_size}; only full-size stages can become best.ckpt"
             )
+        if not any(st.epochs > 0 for st in self.train.stages if st.image_size in (None, self.data.image_size)):
+            raise ConfigError(
+                "no stage at data.image_size has an epoch to train, so there would be no checkpoint; "
+                "give the last stage at least 1 epoch"
+            )
         return self
 
 
@@ -410,7 +422,7 @@ def config_from_dict(values: dict[str, Any]) -> Config:
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
     """Defaults ← YAML file ← ``overrides`` (dotted keys, e.g. ``{"data.image_size": 224}``).
 
-    ``path`` may also be the name of a bundled config (``seed``, ``demo``).
+    ``path`` may also be the name of a bundled config (``seed``, ``offline``, ``demo``).
     """
     values: dict[str, Any] = {}
     if path is not None:

@@ -115,11 +115,14 @@ class Classifier(nn.Module):
         self.head.pool = make_global_pool(kind)
 
     def set_trainable(self, trainable_from: str | None) -> None:
-        """Freeze the backbone up to ``trainable_from`` (None: all frozen; ``all``: none).
+        """Freeze the backbone up to ``trainable_from`` (None: all frozen; ``all``: none;
+        ``finetune``: the backbone's own fine-tuning start, e.g. ``block5_conv1`` for VGG19).
 
         The head always trains. Freezing works on ``features`` children: the child that
         holds ``trainable_from`` and everything after it train.
         """
+        if trainable_from == "finetune":
+            trainable_from = self.finetune_from
         for p in self.parameters():
             p.requires_grad_(False)
         for p in self.head.parameters():
@@ -147,6 +150,15 @@ class Classifier(nn.Module):
         for child in children[start:]:
             for p in child.parameters():
                 p.requires_grad_(True)
+
+    @property
+    def finetune_from(self) -> str:
+        """The layer this backbone's second, seed-style stage trains from (its registry entry)."""
+        from .registry import get_model_info
+
+        if not self.arch:
+            raise ConfigError("trainable_from 'finetune' needs a registered backbone; name a layer instead")
+        return get_model_info(self.arch).finetune_from
 
     def module_path(self, name: str) -> str:
         """Resolve a friendly name or a module path to a module path; error lists valid names."""

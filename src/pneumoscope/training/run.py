@@ -218,8 +218,33 @@ def train(
     ``summary.json``; resumable state lives in ``out/state/``. ``callbacks`` are added to every
     stage's Trainer.
     """
-    with process_group_scope():
-        return _train(cfg, data, out, resume, progress, callbacks)
+    out = Path(out)
+    existed = out.exists()
+    fresh = not resume and not (existed and out.is_dir() and any(out.iterdir()))
+    try:
+        with process_group_scope():
+            return _train(cfg, data, out, resume, progress, callbacks)
+    except BaseException:
+        # A run that failed (or was stopped) before it had anything to resume from leaves
+        # nothing behind, so the corrected command is not refused as "not empty".
+        if fresh and out.is_dir() and _global_rank(cfg) == 0 and not _resumable(out):
+            _remove_run_files(out, keep_folder=existed)
+        raise
+
+
+def _resumable(out: Path) -> bool:
+    """Whether ``out`` holds a checkpoint: the end of an epoch or the run's result."""
+    return (out / "best.ckpt").exists() or any((out / "state").glob("*.ckpt"))
+
+
+def _remove_run_files(out: Path, keep_folder: bool) -> None:
+    import shutil
+
+    if not keep_folder:
+        shutil.rmtree(out, ignore_errors=True)
+        return
+    for child in out.iterdir():  # the folder was the user's (empty); only what this run wrote goes
+        shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink(missing_ok=True)
 
 
 def _train(cfg: Config, data: str | Path, out: str | Path, resume: bool, progress: bool,
@@ -244,6 +269,8 @@ def _train(cfg: Config, data: str | Path, out: str | Path, resume: bool, progres
     state_dir = out / "state"
     progress_file = state_dir / "progress.json"
     rank0 = _global_rank(cfg) == 0
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out}: is a file; --out names the run folder to write")
     # Only rank 0 checks for a fresh folder: the others may start after it has written to it.
     if rank0 and out.exists() and any(out.iterdir()) and not resume:
         raise DataError(f"{out}: run folder is not empty; pass --resume to continue it or choose another --out")
@@ -268,11 +295,17 @@ def _train(cfg: Config, data: str | Path, out: str | Path, resume: bool, progres
     # Build the model before touching data, so a weights problem fails at once.
     model = create_model(cfg.model.backbone, weights=cfg.model.weights, num_classes=len(CLASS_NAMES),
                          global_pool=cfg.model.global_pool)
-    model.module_path(cam_layer)  # unknown layer names fail now, not after training
-    for st in cfg.train.stages:  # and so do the stages' (each stage sets its own before it trains)
-        for name in (st.trainable_from, st.late_trainable_from):
-            if name is not None:
-                model.set_trainable(name)
+    try:
+        model.module_path(cam_layer)  # unknown layer names fail now, not after training
+    except ConfigError as exc:
+        raise ConfigError(f"model.cam_layer: {exc}") from None
+    for i, st in enumerate(cfg.train.stages):  # and so do the stages' (each sets its own before it trains)
+        for key in ("trainable_from", "late_trainable_from"):
+            if getattr(st, key) is not None:
+                try:
+                    model.set_trainable(getattr(st, key))
+                except ConfigError as exc:
+                    raise ConfigError(f"train.stages[{i}].{key}: {exc}") from None
     prep = Preprocessing(cfg.data.image_size, tuple(cfg.data.mean), tuple(cfg.data.std), cfg.data.intensity)  # type: ignore[arg-type]
 
     sources = open_training_data(data, cfg, prep, progress)
