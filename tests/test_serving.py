@@ -7,7 +7,10 @@ import base64
 import io
 import shutil
 import struct
+import signal
+import socket
 import subprocess
+import sys
 import threading
 import zlib
 from pathlib import Path
@@ -27,7 +30,9 @@ from pydicom.uid import (
 from pneumoscope.errors import ConfigError
 from pneumoscope.explanation.cam import METHODS
 from pneumoscope.inference import Predictor
+import pneumoscope.serving.app as app_module
 from pneumoscope.serving import API_KEY_ENV, ServeSettings, create_app
+from pneumoscope.serving.uploads import FIELD
 
 require("httpx2", "httpx2")  # Starlette's TestClient and the concurrency tests drive the app with it
 from fastapi.testclient import TestClient  # noqa: E402 - after the check that names the package
@@ -255,6 +260,7 @@ BAD_UPLOADS = {
     "wrong_content_type": (b"%PDF-1.4 ...", "application/pdf", 415, "content type"),
     "bomb_header": (png_header_only(100_000, 100_000), "image/png", 413, "too large"),
     "over_100_megapixels": (png_header_only(12_000, 10_000), "image/png", 413, "120,000,000 pixels"),
+    "over_the_flag": (png_header_only(12_000, 10_000), "image/png", 413, "limit of 100 megapixels (--max-megapixels)"),
 }
 
 
@@ -286,13 +292,56 @@ def test_dicom_over_the_megapixel_limit_is_not_decoded(client) -> None:
 
 def test_request_shape_errors(client) -> None:
     assert "multipart/form-data" in error_of(client.post("/api/predict", json={"file": "x"}), 415)
-    assert "no file" in error_of(client.post("/api/predict", files={"comment": (None, "hi")}), 400)
+    assert "no file" in error_of(client.post("/api/predict", files={"file": (None, "hi")}), 400)
     assert "unknown format" in error_of(client.post("/api/explain?format=gif", files=one("x.png", b"x")), 400)
     assert "unknown explanation method" in error_of(client.post("/api/explain?method=nope", files=one("x.png", b"x")), 400)
     assert "one file" in error_of(client.post("/api/explain?format=png", files=[
         ("file", ("a.png", jpeg_bytes(), "image/jpeg")), ("file", ("b.png", jpeg_bytes(), "image/jpeg"))]), 400)
     error_of(client.get("/api/nothing-here"), 404)
     error_of(client.get("/api/predict"), 405)
+
+
+def test_unknown_query_options_are_refused(client, phantoms) -> None:
+    data = phantoms[0].read_bytes()
+    msg = error_of(client.post("/api/predict?foo=bar", files=one("a.png", data)), 400)
+    assert "unknown option 'foo'" in msg and "/api/predict" in msg and "no options" in msg
+    msg = error_of(client.post("/api/explain?foo=1&layers=true&bar=2", files=one("a.png", data)), 400)
+    assert "unknown options 'foo', 'bar'" in msg and "known options: format, method, style, layers" in msg
+    assert "unknown option 'x'" in error_of(client.get("/api/model?x=1"), 400)
+    # Every option /api/explain declares is a known one, and the known ones still work.
+    params = client.get("/openapi.json").json()["paths"]["/api/explain"]["post"]["parameters"]
+    assert tuple(p["name"] for p in params) == app_module.EXPLAIN_OPTIONS
+    assert client.post("/api/explain?format=png&style=heatmap&method=gradcam&layers=false",
+                       files=one("a.png", data)).status_code == 200
+
+
+def test_images_must_come_in_the_field_named_file(client, phantoms) -> None:
+    data = phantoms[0].read_bytes()
+    msg = error_of(client.post("/api/predict", files={"image": ("a.png", data, "image/png")}), 400)
+    assert "unexpected form field 'image'" in msg and "'file'" in msg
+    msg = error_of(client.post("/api/explain", files=[("file", ("a.png", data, "image/png")),
+                                                      ("format", (None, "png"))]), 400)
+    assert "'format'" in msg and "query string" in msg
+    # The bundled viewer sends its images in that field.
+    viewer = client.get("/static/viewer.js").text
+    assert f'form.append("{FIELD}"' in viewer and "form.append(" not in viewer.replace(f'form.append("{FIELD}"', "")
+
+
+def test_megapixel_limit_names_the_flag(tiny_ckpt) -> None:
+    with TestClient(create_app(tiny_ckpt, settings(max_megapixels=0.5))) as c:
+        big = png_header_only(1000, 600)
+        msg = error_of(c.post("/api/predict", files=one("big.png", big)), 413)
+        assert "1000x600 = 600,000 pixels" in msg and "limit of 0.5 megapixels (--max-megapixels)" in msg
+        assert "max_pixels" not in msg
+        rows = c.post("/api/predict", files=[("file", ("big.png", big, "image/png")),
+                                             ("file", ("ok.jpg", jpeg_bytes(), "image/jpeg"))]).json()["results"]
+        assert rows[0]["status"] == 413 and "--max-megapixels" in rows[0]["error"] and "label" in rows[1]
+
+
+def test_unreadable_file_errors_name_the_same_formats(client) -> None:
+    expected = "expected a JPEG, PNG, BMP, TIFF or DICOM image"
+    assert expected in error_of(client.post("/api/predict", files=one("e.jpg", b"")), 422)
+    assert expected in error_of(client.post("/api/predict", files=one("t.jpg", b"text, not an image\n" * 8)), 422)
 
 
 def test_limits_files_and_bytes(tiny_ckpt) -> None:
@@ -422,22 +471,82 @@ def test_loopback_needs_no_key(host) -> None:
     assert ServeSettings(host=host).validate().api_key is None
 
 
-def test_cli_serve(run_cli, tiny_ckpt, monkeypatch) -> None:
+def stop_once_listening(monkeypatch) -> list:
+    """Let ``pneumoscope serve`` start for real, ask the listening socket for /healthz, then stop.
+
+    Returns the list that receives ``(server, healthz status)``: the uvicorn server (its
+    ``config`` holds what the CLI passed) and the status answered on the wire.
+    """
+    import urllib.request
+
     import uvicorn
 
+    seen: list = []
+
+    async def main_loop(self) -> None:  # instead of serving until Ctrl-C
+        port = self.servers[0].sockets[0].getsockname()[1]
+        with await asyncio.to_thread(urllib.request.urlopen, f"http://127.0.0.1:{port}/healthz", timeout=10) as r:
+            seen.append((self, r.status))
+
+    monkeypatch.setattr(uvicorn.Server, "main_loop", main_loop)
+    return seen
+
+
+def test_cli_serve(run_cli, tiny_ckpt, monkeypatch) -> None:
     monkeypatch.delenv(API_KEY_ENV, raising=False)
     assert_user_error(run_cli("serve", "--checkpoint", tiny_ckpt, "--host", "0.0.0.0"), "--api-key")
     assert_user_error(run_cli("serve", "--checkpoint", tiny_ckpt, "--max-files", "0"), "--max-files")
-    assert_user_error(run_cli("serve", "--checkpoint", "missing.ckpt", "--device", "cpu"), "missing.ckpt")
-    calls: list[dict] = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append({"app": app, **kw}))
+    seen = stop_once_listening(monkeypatch)
     monkeypatch.setenv(API_KEY_ENV, "k3y")
-    result = run_cli("serve", "--checkpoint", tiny_ckpt, "--host", "0.0.0.0", "--port", "8123",
+    result = run_cli("serve", "--checkpoint", tiny_ckpt, "--host", "0.0.0.0", "--port", "0",
                      "--device", "cpu", "--precision", "fp32")
     assert result.exit_code == 0, result.output
-    assert calls[0]["host"] == "0.0.0.0" and calls[0]["port"] == 8123
-    app = calls[0]["app"]
+    server, status = seen[0]
+    assert status == 200 and server.config.host == "0.0.0.0"
+    port = server.config.port  # the port the system chose for --port 0, and the one announced
+    assert port > 0 and f"at http://0.0.0.0:{port}/" in result.stderr
+    app = server.config.app
     assert app.state.settings.api_key == "k3y" and app.state.predictor.precision == "fp32"
+
+
+def test_cli_serve_says_nothing_of_serving_when_it_cannot(run_cli, tiny_ckpt) -> None:
+    result = run_cli("serve", "--checkpoint", "missing.ckpt", "--device", "cpu", "--port", "0")
+    assert_user_error(result, "missing.ckpt")
+    assert "serving" not in result.stderr and "http://" not in result.stderr
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = run_cli("serve", "--checkpoint", tiny_ckpt, "--device", "cpu", "--port", port)
+    assert_user_error(result, f"127.0.0.1:{port}", "already in use", "--port")
+    assert "serving" not in result.stderr and "http://" not in result.stderr
+
+
+def test_cli_serve_announces_its_url_once_listening(tiny_ckpt) -> None:
+    """A real ``pneumoscope serve`` process: the URL line is printed only when the port answers."""
+    import urllib.request
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pneumoscope", "serve", "--checkpoint", str(tiny_ckpt), "--port", "0",
+         "--device", "cpu", "--precision", "fp32"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        lines = []
+        for line in proc.stderr:  # uvicorn's startup log, then our line
+            lines.append(line)
+            if line.startswith("serving "):
+                break
+        assert lines and lines[-1].startswith("serving "), "".join(lines)
+        url = lines[-1].split(" at ", 1)[1].split()[0]
+        assert url.startswith("http://127.0.0.1:") and not url.endswith(":0/")
+        with urllib.request.urlopen(url + "healthz", timeout=10) as r:  # at once: already listening
+            assert r.status == 200
+    finally:
+        proc.send_signal(signal.SIGINT)
+        rest = proc.communicate(timeout=30)[1]
+    assert proc.returncode == 130 and "Traceback" not in rest, rest  # Ctrl-C: shut down, "interrupted"
+    assert sum(line.startswith("serving ") for line in lines + rest.splitlines()) == 1
 
 
 # --------------------------------------------------------------------------- concurrency

@@ -9,7 +9,7 @@ import pydicom
 import pytest
 from PIL import Image
 from pydicom.dataset import Dataset
-from test_serving import dicom_bytes
+from test_serving import dicom_bytes, stop_once_listening
 
 from pneumoscope.serving import ServeSettings, create_app
 from pneumoscope.serving.dicom_panel import dicom_panel
@@ -90,8 +90,8 @@ def test_api_returns_the_panel_and_the_patient_only_when_asked(tiny_ckpt, synth_
 
 
 def test_serve_flag_reaches_the_settings(run_cli, tiny_ckpt, monkeypatch) -> None:
-    seen: list[ServeSettings] = []
-    monkeypatch.setattr("pneumoscope.serving.serve", lambda ckpt, settings: seen.append(settings))
-    assert run_cli("serve", "--checkpoint", tiny_ckpt, "--show-patient").exit_code == 0
-    assert run_cli("serve", "--checkpoint", tiny_ckpt).exit_code == 0
-    assert [s.show_patient for s in seen] == [True, False]
+    seen = stop_once_listening(monkeypatch)
+    flags = ("--port", "0", "--device", "cpu", "--precision", "fp32")
+    assert run_cli("serve", "--checkpoint", tiny_ckpt, "--show-patient", *flags).exit_code == 0
+    assert run_cli("serve", "--checkpoint", tiny_ckpt, *flags).exit_code == 0
+    assert [server.config.app.state.settings.show_patient for server, _ in seen] == [True, False]

@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pytest
 from PIL import Image
-from test_serving import _asgi_post, _Gate, error_of, one, settings
+from test_serving import _asgi_post, _Gate, error_of, one, settings, stop_once_listening
 
 import pneumoscope.serving.app as app_module
 from pneumoscope.data.io import read_image_bytes
@@ -192,8 +192,6 @@ def test_docs_need_the_key_unless_public(tiny_ckpt, path) -> None:
 
 
 def test_budget_settings_are_validated_and_reach_uvicorn(run_cli, tiny_ckpt, monkeypatch) -> None:
-    import uvicorn
-
     with pytest.raises(ConfigError, match="--max-inflight-megapixels"):
         ServeSettings(max_request_megapixels=600, max_inflight_megapixels=500).validate()
     for flag in ("--max-request-megapixels", "--max-inflight-megapixels", "--body-timeout", "--max-inflight-upload-mb"):
@@ -203,14 +201,14 @@ def test_budget_settings_are_validated_and_reach_uvicorn(run_cli, tiny_ckpt, mon
         ServeSettings(max_connections=0).validate()
     with pytest.raises(ConfigError, match="--max-inflight-upload-mb"):
         ServeSettings(max_upload_mb=100, max_inflight_upload_mb=50).validate()
-    calls: list[dict] = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append({"app": app, **kw}))
-    result = run_cli("serve", "--checkpoint", tiny_ckpt, "--device", "cpu", "--precision", "fp32",
+    seen = stop_once_listening(monkeypatch)
+    result = run_cli("serve", "--checkpoint", tiny_ckpt, "--device", "cpu", "--precision", "fp32", "--port", "0",
                      "--max-connections", "12", "--body-timeout", "7", "--max-request-megapixels", "50",
                      "--max-inflight-megapixels", "80", "--public-docs")
     assert result.exit_code == 0, result.output
-    assert calls[0]["limit_concurrency"] == 12
-    s = calls[0]["app"].state.settings
+    server, status = seen[0]
+    assert status == 200 and server.config.limit_concurrency == 12
+    s = server.config.app.state.settings
     assert (s.body_timeout, s.max_request_pixels, s.max_inflight_pixels) == (7, 50_000_000, 80_000_000)
     assert s.public_docs
 

@@ -564,9 +564,9 @@ def serve(
         max_connections=max_connections, body_timeout=body_timeout, public_docs=public_docs,
         max_inflight_upload_mb=max_inflight_upload_mb,
     ).validate()  # refuse a bad flag (or a public host without a key) before loading the model
-    shown = f"[{host}]" if ":" in host else host
-    _say(f"serving {checkpoint} at http://{shown}:{port}/  (API docs: /docs; Ctrl-C to stop)")
-    run_server(checkpoint, settings)
+    # Said once the server is listening: not before the checkpoint loaded and the port bound.
+    run_server(checkpoint, settings, on_listening=lambda url: _say(
+        f"serving {checkpoint} at {url}  (API docs: /docs; Ctrl-C to stop)"))
 
 
 @app.command("models")

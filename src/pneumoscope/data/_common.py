@@ -12,7 +12,7 @@ import numpy as np
 
 from pneumoscope.errors import ImageReadError, ImageTooLargeError
 
-_EXPECTED = "expected a JPEG, PNG or DICOM image"
+_EXPECTED = "expected a JPEG, PNG, BMP, TIFF or DICOM image"
 
 # ITU-R BT.601 luma weights: what Pillow's convert("L") and JPEG's YCbCr use, so a colour
 # export of a grey radiograph comes back to the same grey values.

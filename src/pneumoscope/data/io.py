@@ -90,7 +90,7 @@ DEFAULT_MAX_PIXELS: int = 100_000_000
 # with a multi-picture segment is opened as MPO by the JPEG opener, so it is covered.)
 _PIL_FORMATS = ("JPEG", "PNG", "BMP", "DIB", "TIFF")
 
-_EXPECTED_ANY = "expected a JPEG, PNG, BMP, TIFF or DICOM image"
+_EXPECTED_ANY = _EXPECTED  # one wording for every "expected ..." (data._common)
 
 _DICM_OFFSET = 128
 _HEAD_BYTES = _DICM_OFFSET + 4

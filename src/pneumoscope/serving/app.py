@@ -55,6 +55,11 @@ DISCLAIMER = (
     "a diagnosis and must not be used for clinical decisions."
 )
 FORMATS = ("json", "png", "dicom")
+#: The query options of ``/api/explain``; ``/api/predict`` and ``/api/model`` take none.
+EXPLAIN_OPTIONS = ("format", "method", "style", "layers")
+# The header probe itself refuses nothing for size: the limit is checked after it, so that
+# the message names --max-megapixels (decoding still passes max_pixels as a backstop).
+_PROBE_MAX_PIXELS = 1 << 62
 
 _ERROR_SCHEMA = {"application/json": {"schema": {
     "type": "object", "properties": {"error": {"type": "string"}}, "required": ["error"],
@@ -72,7 +77,7 @@ _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 _UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
     "type": "object", "required": ["file"],
     "properties": {"file": {"type": "array", "items": {"type": "string", "format": "binary"},
-                            "description": "One or more chest X-rays (JPEG, PNG or DICOM)."}},
+                            "description": "One or more chest X-rays (JPEG, PNG, BMP, TIFF or DICOM)."}},
 }}}}}
 
 
@@ -120,6 +125,15 @@ def _stem(name: str) -> str:
 
 def _status_of(exc: ImageReadError) -> int:
     return 413 if isinstance(exc, ImageTooLargeError) else 422
+
+
+def check_options(request: Request, known: tuple[str, ...] = ()) -> None:
+    """Refuse query options the route does not take (400), before the body is read."""
+    unknown = [k for k in dict.fromkeys(request.query_params.keys()) if k not in known]
+    if unknown:
+        names = ", ".join(repr(k) for k in unknown)
+        takes = f"known options: {', '.join(known)}" if known else "it takes no options"
+        raise ApiError(400, f"unknown option{'s' if len(unknown) > 1 else ''} {names} for {request.url.path}; {takes}")
 
 
 def create_app(checkpoint: str | Path | Checkpoint, settings: ServeSettings | None = None) -> FastAPI:
@@ -220,11 +234,16 @@ def create_app(checkpoint: str | Path | Checkpoint, settings: ServeSettings | No
     # ----------------------------------------------------------------- helpers
 
     def probe(uploads: list[Upload]) -> list[_Decoded]:
-        """Header only: each file's pixel count, or its error (unreadable header, over max_pixels)."""
+        """Header only: each file's pixel count, or its error (unreadable header, over --max-megapixels)."""
         items = []
         for up in uploads:
             try:
-                width, height = read_image_size_bytes(up.data, up.filename, max_pixels=settings.max_pixels)
+                width, height = read_image_size_bytes(up.data, up.filename, max_pixels=_PROBE_MAX_PIXELS)
+                if width * height > settings.max_pixels:
+                    raise ImageTooLargeError(
+                        up.filename, f"image is {width}x{height} = {width * height:,} pixels, more than the limit of "
+                        f"{settings.max_megapixels:g} megapixels (--max-megapixels); refusing to decode it",
+                    )
                 items.append(_Decoded(up, pixels=width * height))
             except ImageReadError as exc:
                 items.append(_Decoded(up, error=exc))
@@ -319,8 +338,9 @@ def create_app(checkpoint: str | Path | Checkpoint, settings: ServeSettings | No
         return {"status": "ok", "model": mid, "pending": engine.pending}
 
     @app.get("/api/model", tags=["model"])
-    async def model_info() -> dict[str, Any]:
+    async def model_info(request: Request) -> dict[str, Any]:
         """What the server runs: architecture, classes, Grad-CAM layer, operating point, training data."""
+        check_options(request)
         info = ckpt.info or {}
         data_cfg = (ckpt.config or {}).get("data", {})
         source = info.get("data")
@@ -361,6 +381,7 @@ def create_app(checkpoint: str | Path | Checkpoint, settings: ServeSettings | No
         One file gives one result object; several give ``{"results": [...]}`` where a file
         that cannot be read has its own ``error`` and ``status``.
         """
+        check_options(request)
         decoded = await receive(request)
         async with admitted(decoded) as ok:
             outputs = await engine.predict([d.gray for d in ok]) if ok else []
@@ -380,6 +401,7 @@ def create_app(checkpoint: str | Path | Checkpoint, settings: ServeSettings | No
         layers: bool = Query(False, description="also return the display image and the RGBA colour layer (for viewers)"),
     ) -> Any:
         """Predict and explain: the JSON of /api/predict plus the Grad-CAM overlay."""
+        check_options(request, EXPLAIN_OPTIONS)
         if format not in FORMATS:
             raise ApiError(400, f"unknown format {format!r}; expected one of {', '.join(FORMATS)}")
         if method not in METHODS:

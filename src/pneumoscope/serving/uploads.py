@@ -26,6 +26,9 @@ ACCEPTED_TYPES = frozenset({
 _FRAMING_ALLOWANCE = 64 * 1024
 _MAX_FIELD_BYTES = 4096
 
+#: The one form field the API reads (what the docs and the web viewer use).
+FIELD = "file"
+
 
 class ApiError(Exception):
     """An error answered as JSON ``{"error": message}`` with an HTTP status."""
@@ -61,18 +64,19 @@ def _mb(n: int) -> str:
 
 
 async def read_uploads(request: Request, *, max_bytes: int, max_files: int) -> list[Upload]:
-    """Parse a ``multipart/form-data`` body into in-memory uploads (every part with a file name).
+    """Parse a ``multipart/form-data`` body into in-memory uploads (every ``file`` part with a file name).
 
     Raises:
         ApiError: 415 not multipart (or a part's content type is not an image type),
-            400 malformed body or no file, 413 body over ``max_bytes`` or more than
+            400 malformed body, a field not named ``file`` (refused as soon as its
+            headers arrive) or no file, 413 body over ``max_bytes`` or more than
             ``max_files`` files.
     """
     ctype = request.headers.get("content-type", "")
     mime, params = parse_options_header(ctype)
     if mime != b"multipart/form-data":
         raise ApiError(
-            415, f"expected a multipart/form-data upload with the image in a field named 'file' "
+            415, f"expected a multipart/form-data upload with the image in a field named '{FIELD}' "
             f"(got content type {ctype or 'none'!r})",
         )
     boundary = params.get(b"boundary")
@@ -121,6 +125,11 @@ async def read_uploads(request: Request, *, max_bytes: int, max_files: int) -> l
         raw_filename = disp.get(b"filename")
         part.filename = None if raw_filename is None else raw_filename.decode("utf-8", "replace")
         part.content_type = parse_options_header(part.headers.get("content-type", ""))[0].decode("latin-1").lower()
+        if part.name != FIELD and not problem:
+            problem.append(ApiError(
+                400, f"unexpected form field {part.name!r}; send each image as a file in a field named "
+                f"'{FIELD}' (curl -F {FIELD}=@scan.png); options such as format= go in the query string",
+            ))
         if part.filename is not None:
             state["files"] += 1
             if state["files"] > max_files and not problem:
@@ -180,5 +189,5 @@ async def read_uploads(request: Request, *, max_bytes: int, max_files: int) -> l
             )
         uploads.append(Upload(name, part.content_type, b"".join(part.chunks)))
     if not uploads:
-        raise ApiError(400, "no file in the upload; send the image as multipart/form-data field 'file'")
+        raise ApiError(400, f"no file in the upload; send the image as multipart/form-data field '{FIELD}'")
     return uploads
