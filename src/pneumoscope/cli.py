@@ -266,17 +266,20 @@ def _report_failures(failures: list[tuple[str, str]]) -> int:
 
 def _score(inputs: list[Path], checkpoint: Path, out: Optional[Path], explain: Any, *, devices: int, num_nodes: int,
            accelerator: str, strategy: str, device: str, precision: Precision, batch_size: int, workers: int,
-           part_rows: int, resume: bool, no_progress: bool, subset: Optional[str] = None) -> Any:
+           part_rows: int, resume: bool, no_progress: bool, subset: Optional[str] = None,
+           resumable: bool = True) -> Any:
     """Expand the inputs (a typo fails fast) and run the scoring engine, on one process or many.
 
     One input that is a store from ``prepare`` is scored as that store's images (``subset``: one of its
-    subsets, default all); stores and files are not mixed.
+    subsets, default all); stores and files are not mixed. Ctrl-C or SIGTERM stop after a batch and say
+    how to resume (``resumable``: False when the part files are in a temporary folder that goes).
     """
     from .data.io import list_images
     from .data.store import is_store
     from .distributed import DistributedConfig
     from .errors import ConfigError
     from .scoring import ScoringJob, StoreInputs, score
+    from .scoring.engine import Terminated
 
     stores = [p for p in inputs if is_store(p)]
     if stores and len(inputs) > 1:
@@ -290,17 +293,30 @@ def _score(inputs: list[Path], checkpoint: Path, out: Optional[Path], explain: A
         device=device, precision=precision.value, batch_size=batch_size, workers=workers, part_rows=part_rows,
         resume=resume, progress=_progress(no_progress),
     )
+    how = ("run the same command with --resume to continue" if resumable
+           else "nothing was kept: give --out to be able to --resume")
     try:
         return score(job)
     except KeyboardInterrupt:
-        _say("finished rows are kept in part files; run the same command with --resume to continue")
+        _say(("finished rows are kept in part files; " if resumable else "") + how)
         raise
+    except Terminated as exc:
+        _say("stopped by SIGTERM; " + (f"finished rows are kept in {exc.parts}; " if resumable else "") + how)
+        raise typer.Exit(143) from None  # 128 + SIGTERM, as a shell reports a process the signal ended
 
 
 def _scored_line(result: Any) -> str:
+    """What this run did: inputs scored and failed (failed ones are not counted as scored), and any resumed."""
     resumed = result.n - result.scored
     rate = f" in {result.seconds:.1f} s ({result.images_per_second:.1f} img/s)" if result.seconds else ""
-    return f"scored {result.scored} of {result.n} inputs{rate}" + (f"; {resumed} already written" if resumed else "")
+    line = f"scored {result.scored - result.failed_now} of {result.n} inputs"
+    if result.failed_now:
+        line += f", {result.failed_now} failed"
+    line += rate
+    if resumed:
+        earlier = len(result.failures) - result.failed_now
+        line += f"; {resumed} already written" + (f" ({earlier} of them failed)" if earlier else "")
+    return line
 
 
 _DEVICES_HELP = "Processes per node (GPUs, or CPU processes with --accelerator cpu)."
@@ -322,7 +338,8 @@ def predict(
     checkpoint: Path = typer.Option(..., "--checkpoint", help=CHECKPOINT_HELP),
     out: Optional[Path] = typer.Option(None, "--out", help="preds.csv, preds.json or preds.parquet; default: CSV on stdout."),
     explain_dir: Optional[Path] = typer.Option(None, "--explain", help="Also write explanation overlays here."),
-    method: str = typer.Option("gradcam", "--method", help=f"Explanation method for --explain: {METHOD_HELP}."),
+    method: Optional[str] = typer.Option(
+        None, "--method", help=f"Explanation method for --explain: {METHOD_HELP} (default: gradcam)."),
     batch_size: int = typer.Option(16, "--batch-size"),
     precision: Precision = typer.Option(Precision.auto, "--precision"),
     device: str = typer.Option("auto", "--device"),
@@ -344,7 +361,9 @@ def predict(
     from .explanation.cam import canonical_method
     from .scoring import ExplainSettings
 
-    method = canonical_method(method)
+    if method is not None and explain_dir is None:
+        raise ConfigError("--method chooses the explanation method of --explain; add --explain FOLDER, or drop --method")
+    method = canonical_method(method or "gradcam")
     tmp = None
     if out is None:
         if resume or devices * num_nodes > 1:
@@ -355,7 +374,8 @@ def predict(
         result = _score(inputs, checkpoint, out or tmp / "preds.csv", explain, devices=devices,  # type: ignore[operator]
                         num_nodes=num_nodes, accelerator=accelerator, strategy=strategy, device=device,
                         precision=precision, batch_size=batch_size, workers=workers, part_rows=part_rows,
-                        resume=resume, no_progress=no_progress, subset=subset.value if subset else None)
+                        resume=resume, no_progress=no_progress, subset=subset.value if subset else None,
+                        resumable=tmp is None)
         if not result.is_global_zero:
             return  # rank 0 reports for the job
         if tmp is not None:
@@ -366,7 +386,6 @@ def predict(
     failed = _report_failures(result.failures)
     _say(_scored_line(result))
     if failed:
-        _say(f"{failed} of {result.n} inputs failed")
         raise typer.Exit(1)
 
 

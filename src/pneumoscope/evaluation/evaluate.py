@@ -18,6 +18,7 @@ from ..data.source import open_eval_data
 from ..errors import ConfigError
 from ..fileio import atomic_path
 from ..inference import Predictor
+from ..scoring.outputs import check_output_folder
 from .bootstrap import bootstrap_ci
 from .calibration import calibration_summary
 from .metrics import compute_metrics, write_metrics_json
@@ -123,6 +124,8 @@ def evaluate(
         raise ConfigError(f"--bootstrap {bootstrap}: use 0 (no intervals) or at least 100 resamples")
     if n_bins < 1:
         raise ConfigError(f"--bins {n_bins}: must be positive")
+    # A bad --out fails now, not after the model ran, and creates nothing.
+    check_output_folder(out, "a folder for metrics.json, plots and predictions.csv")
     predictor = Predictor(load_checkpoint(checkpoint), device=device, precision=precision, batch_size=batch_size)
     test, source = open_eval_data(data, predictor.ckpt.preprocessing, progress)
     samples, images = test.samples(), test.decoded(progress)

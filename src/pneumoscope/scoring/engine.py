@@ -28,6 +28,7 @@ from typing import Any, Sequence
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from ..checkpoint import Checkpoint, load_checkpoint
 from ..distributed import DistributedConfig, process_group_scope, quiet_lightning, trainer_kwargs
@@ -36,8 +37,20 @@ from ..fileio import atomic_write_text
 from ..inference import Predictor, unique_stem, write_explanation
 from ..runtime import resolve_device
 from .dataset import StoreInputs, collate, scoring_dataset
+from .outputs import check_empty_folder, check_output_folder, check_table_path
 from .parts import PartStore, merge, parts_folder, previous_rows, written_paths
 from .tables import write_table
+
+
+class Terminated(Exception):
+    """The run was stopped by SIGTERM after a batch; the rows finished so far are kept in part files.
+
+    ``parts`` is that folder: running the same job again with ``resume`` continues it.
+    """
+
+    def __init__(self, parts: Path) -> None:
+        super().__init__(f"stopped by SIGTERM; finished rows are kept in {parts}")
+        self.parts = parts
 
 
 @dataclass
@@ -87,7 +100,8 @@ class ScoringResult:
     is_global_zero: bool
     n: int = 0
     scored: int = 0  # inputs scored by this run (the rest were resumed)
-    failures: list[tuple[str, str]] = field(default_factory=list)
+    failures: list[tuple[str, str]] = field(default_factory=list)  # every input's, resumed ones included
+    failed_now: int = 0  # of ``scored``, those that failed
     out: Path | None = None
     manifest: Path | None = None
     seconds: float = 0.0  # the prediction loop, from rank 0's first batch until every rank had finished
@@ -138,6 +152,7 @@ class PartWriter(BasePredictionWriter):
         self._pool: ThreadPoolExecutor | None = None  # made in setup: a spawned process cannot inherit threads
         self.started = 0.0
         self.interrupted = False
+        self.terminated = False
 
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
         self.rank = trainer.global_rank
@@ -174,6 +189,11 @@ class PartWriter(BasePredictionWriter):
             self._rows.append(row)
         if len(self._rows) >= self.job.part_rows:
             self.flush()
+        if trainer.received_sigterm:
+            # Lightning's handler only records a SIGTERM and its predict loop never looks: stop after this
+            # batch, as Ctrl-C would (on_exception keeps the finished rows for --resume).
+            self.terminated = True
+            raise SIGTERMException(143)
 
     def flush(self) -> None:
         """Write the rows collected so far as one part file: those whose overlay and map are on disk.
@@ -220,7 +240,8 @@ class PartWriter(BasePredictionWriter):
 def _quiet_lightning() -> contextlib.AbstractContextManager[None]:
     """Silence Lightning's banners and advice that do not apply to scoring files."""
     # LitData warns that a store streamed under DDP keeps every image (drop_last off): scoring must.
-    return quiet_lightning(".*Total length of .* across ranks is zero.*")
+    # A batch of unreadable files predicts nothing (their rows carry the error): not a mistake in predict_step.
+    return quiet_lightning(".*Total length of .* across ranks is zero.*", ".*predict returned None.*")
 
 
 def _distributed(job: ScoringJob) -> tuple[DistributedConfig, torch.device | None]:
@@ -254,6 +275,7 @@ def score(job: ScoringJob) -> ScoringResult:
     dist, device = _distributed(job)
     if job.out is None and job.explain is None:
         raise ConfigError("nothing to write: give an output table or an explanation folder")
+    _check_outputs(job)  # a bad path fails now, not after the scoring, and creates nothing
     ckpt = job.checkpoint if isinstance(job.checkpoint, Checkpoint) else load_checkpoint(job.checkpoint, "cpu")
     base = Predictor(ckpt, device="cpu", precision=job.precision, batch_size=job.batch_size)
     ex = job.explain
@@ -277,6 +299,8 @@ def score(job: ScoringJob) -> ScoringResult:
     elif store.started():
         raise ConfigError(f"{store.folder} holds part files of an interrupted run; add --resume to continue it, "
                           f"or delete the folder to start over")
+    elif ex is not None:  # another run's overlays would stay beside ours, unlisted in the manifest
+        check_empty_folder(ex.out, "add --resume to continue that run, or choose another folder or empty this one")
     done = written_paths(store, previous) if job.resume else set()
     todo = [i for i, p in enumerate(job.inputs) if str(p) not in done]
     stems = _stems(job.inputs) if ex is not None else None
@@ -301,8 +325,11 @@ def score(job: ScoringJob) -> ScoringResult:
         atomic_write_text(manifest_path, json.dumps(manifest, indent=2))
     store.remove()  # only now: until the outputs are in place, the part files are the record
     _remove_stale_temps(job.out, ex.out if ex is not None else None)
-    return ScoringResult(True, n=len(job.inputs), scored=len(todo), failures=_failures(table), out=job.out,
-                         manifest=manifest_path, seconds=seconds)
+    failures = _failures(table)
+    now = {str(job.inputs[i]) for i in todo}
+    return ScoringResult(True, n=len(job.inputs), scored=len(todo), failures=failures,
+                         failed_now=sum(p in now for p, _ in failures), out=job.out, manifest=manifest_path,
+                         seconds=seconds)
 
 
 def _run(job: ScoringJob, dist: DistributedConfig, device: torch.device | None, ckpt: Checkpoint, store: PartStore,
@@ -335,6 +362,8 @@ def _run(job: ScoringJob, dist: DistributedConfig, device: torch.device | None, 
     except SystemExit:
         if writer.interrupted:  # Lightning turns Ctrl-C into exit(1); report it as the interrupt it was
             raise KeyboardInterrupt from None
+        if writer.terminated:
+            raise Terminated(store.folder) from None
         raise
     finally:
         writer.close()
@@ -380,6 +409,16 @@ def _settings(job: ScoringJob, ckpt: Checkpoint) -> dict[str, Any]:
     }
 
 
+def _check_outputs(job: ScoringJob) -> None:
+    """Refuse an output table, explanation folder or part-file folder that cannot be written."""
+    if job.out is not None:
+        check_table_path(job.out)
+    if job.explain is not None:
+        check_output_folder(job.explain.out, "a folder for overlays, raw maps and manifest.json")
+    parts = job.parts or parts_folder(job.out if job.out is not None else job.explain.out)  # type: ignore[union-attr]
+    check_output_folder(parts, "a folder for the run's part files")
+
+
 def _remove_stale_temps(out: Path | None, explain_dir: Path | None) -> None:
     """Temporary files a killed process left behind (atomic writes that never got their rename)."""
     patterns: list[tuple[Path, str]] = []
@@ -400,4 +439,4 @@ def _failures(table: Any) -> list[tuple[str, str]]:
     return list(zip(bad.column("path").to_pylist(), bad.column("error").to_pylist()))
 
 
-__all__ = ["ExplainSettings", "ScoringJob", "ScoringResult", "score"]
+__all__ = ["ExplainSettings", "ScoringJob", "ScoringResult", "Terminated", "score"]
