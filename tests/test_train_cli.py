@@ -115,7 +115,8 @@ def test_an_out_path_under_a_file_is_one_line(run_cli, synth_root, tiny_config, 
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
     result = run_cli(*tiny_train_args(synth_root, blocker / "run", tiny_config, "--val-source", "val"))
-    assert_user_error(result, str(blocker), "Not a directory")
+    assert_user_error(result, str(blocker), "is a file, not a folder", "run folder")
     result = run_cli(*tiny_train_args(synth_root, blocker, tiny_config, "--val-source", "val"))
-    assert_user_error(result, str(blocker), "is a file")
+    assert_user_error(result, str(blocker), "is a file; expected the run folder")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]  # nothing made on the way
 

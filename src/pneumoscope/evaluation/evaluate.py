@@ -16,9 +16,8 @@ from ..checkpoint import load_checkpoint
 from ..data.dataset import CLASS_NAMES, Sample, decode_images
 from ..data.source import open_eval_data
 from ..errors import ConfigError
-from ..fileio import atomic_path
+from ..fileio import atomic_path, check_output_folder
 from ..inference import Predictor
-from ..scoring.outputs import check_output_folder
 from .bootstrap import bootstrap_ci
 from .calibration import calibration_summary
 from .metrics import compute_metrics, write_metrics_json

@@ -33,11 +33,11 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from ..checkpoint import Checkpoint, load_checkpoint
 from ..distributed import DistributedConfig, process_group_scope, quiet_lightning, trainer_kwargs
 from ..errors import ConfigError
-from ..fileio import atomic_write_text
+from ..fileio import atomic_write_text, check_empty_folder, check_output_folder
 from ..inference import Predictor, unique_stem, write_explanation
 from ..runtime import resolve_device
 from .dataset import StoreInputs, collate, scoring_dataset
-from .outputs import check_empty_folder, check_output_folder, check_table_path
+from .outputs import check_table_path
 from .parts import PartStore, merge, parts_folder, previous_rows, written_paths
 from .tables import write_table
 

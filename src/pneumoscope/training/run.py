@@ -33,7 +33,7 @@ from ..data.source import SourceDataModule, open_training_data
 from ..data.transforms import Preprocessing
 from ..distributed import process_group_scope, quiet_lightning, trainer_kwargs
 from ..errors import ConfigError, DataError
-from ..fileio import atomic_path, atomic_write_text
+from ..fileio import atomic_path, atomic_write_text, check_output_folder
 from ..models import create_model, get_model_info
 from ..runtime import channels_last_preferred, lightning_precision, resolve_device, resolve_precision
 from .callbacks import ExportBest, MetricsCSV, RestoreBestWeights, SamplesSeen, ValidationPointing
@@ -269,8 +269,8 @@ def _train(cfg: Config, data: str | Path, out: str | Path, resume: bool, progres
     state_dir = out / "state"
     progress_file = state_dir / "progress.json"
     rank0 = _global_rank(cfg) == 0
-    if out.exists() and not out.is_dir():
-        raise DataError(f"{out}: is a file; --out names the run folder to write")
+    if rank0:  # a file in the way, or a place no file can be made, fails now, not after the data loads
+        check_output_folder(out, "the run folder to write (--out)")
     # Only rank 0 checks for a fresh folder: the others may start after it has written to it.
     if rank0 and out.exists() and any(out.iterdir()) and not resume:
         raise DataError(f"{out}: run folder is not empty; pass --resume to continue it or choose another --out")
