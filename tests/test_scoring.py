@@ -60,6 +60,14 @@ def _inputs(folder: Path, n: int, size: int = 48, seed: int = 0) -> Path:
     return folder
 
 
+def _wait_for_parts(job: subprocess.Popen, parts: Path, seconds: float) -> None:
+    """Wait until the running ``job`` has written its first part file; fail if it ended first."""
+    deadline = time.monotonic() + seconds
+    while not list(parts.glob("part-*.parquet")) and job.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert job.poll() is None, "the job ended before it could be stopped"
+
+
 def _assert_same_rows(a: list[dict[str, str]], b: list[dict[str, str]]) -> None:
     assert [r["path"] for r in a] == [r["path"] for r in b]
     for x, y in zip(a, b):
@@ -293,10 +301,7 @@ def test_sigkill_part_way_then_resume_loses_and_duplicates_nothing(run_cli, tiny
     parts = parts_folder(out)
     job = subprocess.Popen(args, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        deadline = time.monotonic() + 300
-        while not list(parts.glob("part-*.parquet")) and job.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert job.poll() is None, "the job ended before it could be killed"
+        _wait_for_parts(job, parts, 300)
     finally:
         os.killpg(job.pid, signal.SIGKILL)  # the whole job, both ranks, as a scheduler would
         job.wait()

@@ -8,35 +8,21 @@ a run like Ctrl-C does (part files kept for ``--resume``), with exit status 143.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from conftest import write_text_as_image, write_zero_byte
+from test_scoring import _env, _inputs, _wait_for_parts
 
-import pneumoscope
 from pneumoscope.scoring.parts import parts_folder
-
-SRC = Path(pneumoscope.__file__).resolve().parents[1]
-
 
 def _tree(root: Path) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
-
-
-def _pngs(folder: Path, n: int, size: int = 48) -> Path:
-    rng = np.random.default_rng(0)
-    folder.mkdir(parents=True, exist_ok=True)
-    for i in range(n):
-        Image.fromarray(rng.integers(0, 256, (size, size), dtype=np.uint8), mode="L").save(folder / f"img-{i:03d}.png")
-    return folder
 
 
 def _one_error_line(result, path: object, *words: str) -> None:
@@ -55,7 +41,7 @@ def _one_error_line(result, path: object, *words: str) -> None:
                                   "predict-proc", "explain-file", "explain-parent-is-file", "explain-proc",
                                   "predict-explain-file", "evaluate-file", "evaluate-parent-is-file"])
 def test_a_bad_out_is_refused_up_front_and_creates_nothing(run_cli, tmp_path, case):
-    imgs = _pngs(tmp_path / "imgs", 2)
+    imgs = _inputs(tmp_path / "imgs", 2)
     a_file = imgs / "img-000.png"
     # A checkpoint that does not exist: the path is refused before the model is even looked for.
     ckpt = ("--checkpoint", tmp_path / "no-such.ckpt")
@@ -86,7 +72,7 @@ def test_a_bad_out_is_refused_up_front_and_creates_nothing(run_cli, tmp_path, ca
 
 
 def test_predict_method_without_explain_is_refused(run_cli, tmp_path):
-    imgs = _pngs(tmp_path / "imgs", 1)
+    imgs = _inputs(tmp_path / "imgs", 1)
     r = run_cli("predict", imgs, "--checkpoint", tmp_path / "no-such.ckpt", "--method", "layercam")
     assert r.exit_code == 2 and "--method" in r.stderr and "--explain" in r.stderr, r.stderr
     assert r.stderr.count("\n") == 1
@@ -96,7 +82,7 @@ def test_predict_method_without_explain_is_refused(run_cli, tmp_path):
 
 
 def test_explain_refuses_a_folder_holding_another_run(run_cli, tiny_ckpt, tmp_path):
-    imgs = _pngs(tmp_path / "imgs", 3)
+    imgs = _inputs(tmp_path / "imgs", 3)
     cams = tmp_path / "cams"
     common = ("--checkpoint", tiny_ckpt, "--device", "cpu", "--precision", "fp32", "--no-progress")
     first = run_cli("explain", imgs, *common, "--out", cams)
@@ -125,7 +111,7 @@ def test_failed_inputs_are_counted_as_failed_and_no_lightning_warning_leaks(run_
     assert r.exit_code == 1, r.output
     assert "returned None" not in r.stderr and "warning" not in r.stderr, r.stderr
     assert "scored 0 of 2 inputs, 2 failed" in r.stderr and r.stderr.count("error: ") == 2, r.stderr
-    good = _pngs(tmp_path / "good", 3)
+    good = _inputs(tmp_path / "good", 3)
     r = run_cli("predict", good, bad, *common, "--out", tmp_path / "p.csv")
     assert r.exit_code == 1 and "scored 3 of 5 inputs, 2 failed" in r.stderr, r.stderr
     r = run_cli("explain", good, bad, *common, "--out", tmp_path / "cams")
@@ -136,15 +122,8 @@ def test_failed_inputs_are_counted_as_failed_and_no_lightning_warning_leaks(run_
 # --------------------------------------------------------------------------- SIGTERM
 
 
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(SRC), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    env["OMP_NUM_THREADS"] = "1"
-    return env
-
-
 def test_sigterm_stops_after_a_batch_keeps_the_part_files_and_resumes(run_cli, tiny_ckpt, tmp_path):
-    imgs = _pngs(tmp_path / "imgs", 400, size=64)
+    imgs = _inputs(tmp_path / "imgs", 400, size=64)
     cams = tmp_path / "cams"
     common = ("--checkpoint", tiny_ckpt, "--device", "cpu", "--precision", "fp32", "--no-progress")
     args = [sys.executable, "-m", "pneumoscope", "explain", str(imgs), *map(str, common), "--out", str(cams),
@@ -152,10 +131,7 @@ def test_sigterm_stops_after_a_batch_keeps_the_part_files_and_resumes(run_cli, t
     parts = parts_folder(cams)
     job = subprocess.Popen(args, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 120
-        while not list(parts.glob("part-*.parquet")) and job.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert job.poll() is None, "the run ended before it could be stopped"
+        _wait_for_parts(job, parts, 120)
         sent = time.monotonic()
         job.send_signal(signal.SIGTERM)  # the process alone, as a scheduler's or container's stop sends it
         _, stderr = job.communicate(timeout=60)
