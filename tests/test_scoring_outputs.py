@@ -21,6 +21,7 @@ from test_scoring import _env, _inputs, _wait_for_parts
 
 from pneumoscope.scoring.parts import parts_folder
 
+
 def _tree(root: Path) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
 
