@@ -71,9 +71,13 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             if exc.filename is None:
                 raise  # not about a path the user gave: a bug to see whole
             # A path the system refused (a file where a folder must be, no permission, a full
-            # disk): the user's to fix, so one line naming it.
-            target = f"{exc.filename} -> {exc.filename2}" if exc.filename2 else exc.filename
-            _say(f"error: {target}: {exc.strerror or exc}")
+            # disk): the user's to fix, so one line naming it. A rename names its target, not
+            # the temporary file it came from.
+            target = Path(exc.filename2 or exc.filename)
+            why = exc.strerror or str(exc)
+            if isinstance(exc, (FileExistsError, NotADirectoryError)) and target.is_file():
+                why = "is a file, where a folder was expected"
+            _say(f"error: {target}: {why}")
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             _say("interrupted")
@@ -239,8 +243,14 @@ def calibrate(
     from .errors import ConfigError
     from .training.calibrate import recalibrate
 
+    from .fileio import check_output_file
+
     if threshold is not None and (method or OpMethod.fixed) is not OpMethod.fixed:
         raise ConfigError("--threshold sets the fixed threshold; use it with --method fixed")
+    if threshold is not None and not 0.0 < threshold < 1.0:
+        raise ConfigError(f"--threshold must be a probability in (0, 1), not {threshold}")
+    if out is not None:
+        check_output_file(out, "a checkpoint file to write")  # before the validation images are scored
     overrides = {k: v for k, v in {
         "operating_point.method": method.value if method else ("fixed" if threshold is not None else None),
         "operating_point.target_sensitivity": target_sensitivity,
@@ -474,7 +484,10 @@ def audit(
 ) -> None:
     """Find acquisition cues (aspect, borders, exposure) that alone separate the classes or the sites."""
     from .data.audit import audit as run_audit
+    from .fileio import check_output_file
 
+    if out is not None:
+        check_output_file(out, "a JSON report file to write")  # before the images are read
     report = run_audit(data, compare, progress=_progress(no_progress))
     for line in report.lines():
         typer.echo(line)

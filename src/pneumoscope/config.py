@@ -226,6 +226,7 @@ class Config:
             raise ConfigError(f"data.image_size must be positive, not {self.data.image_size}")
         if self.train.batch_size < 1:
             raise ConfigError(f"train.batch_size must be positive, not {self.train.batch_size}")
+        check_seed(self.train.seed, "train.seed")
         for key in ("limit_train_batches", "limit_val_batches"):
             if not getattr(self.train, key) > 0:
                 raise ConfigError(
@@ -337,6 +338,14 @@ class Config:
                 "give the last stage at least 1 epoch"
             )
         return self
+
+
+def check_seed(seed: Any, name: str = "seed") -> None:
+    """Refuse a seed NumPy and torch cannot take: an integer from 0 to 2**32 - 1."""
+    import numbers
+
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**32:
+        raise ConfigError(f"{name} must be an integer from 0 to 4294967295 (2**32 - 1), not {seed!r}")
 
 
 def _plain(obj: Any) -> Any:

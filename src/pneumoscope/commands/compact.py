@@ -24,7 +24,9 @@ def compact(
 ) -> None:
     """Store a checkpoint's weights at half precision: half the size, loaded back as float32."""
     from ..checkpoint import compact_checkpoint
+    from ..fileio import check_output_file
 
+    check_output_file(out, "a checkpoint file to write")
     r = compact_checkpoint(checkpoint, out, dtype=dtype.value)
     kept = f"; kept in float32 (out of float16's range): {', '.join(r['kept_fp32'])}" if r["kept_fp32"] else ""
     _say(f"wrote {r['path']} ({r['bytes_before'] / 1e6:.1f} MB -> {r['bytes_after'] / 1e6:.1f} MB, {r['dtype']}){kept}")

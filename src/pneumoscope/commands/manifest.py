@@ -44,7 +44,9 @@ def manifest(
 ) -> None:
     """Write a manifest of a public dataset (Kaggle, RSNA, NIH, CheXpert, MIMIC-CXR-JPG) from its own files."""
     from ..data.manifests import build_manifest, write_manifest
+    from ..fileio import check_output_file
 
+    check_output_file(out, "a manifest CSV file to write")
     result = build_manifest(fmt.value, source, labels=labels, images=images, uncertain=uncertain.value, views=views.value)
     missing = result.skipped.get("missing images", 0)
     if missing:

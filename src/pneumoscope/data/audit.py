@@ -159,11 +159,10 @@ class AuditReport:
         return asdict(self)
 
     def save(self, path: str | Path) -> Path:
+        from ..fileio import atomic_write_text
+
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2))
-        tmp.replace(path)
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2))
         return path
 
     def lines(self) -> list[str]:

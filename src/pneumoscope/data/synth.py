@@ -555,9 +555,14 @@ def synth_dataset(
         ConfigError: If an argument is invalid.
         DataError: If ``out`` exists and is not an empty folder.
     """
+    from ..config import check_seed
+    from ..fileio import check_output_folder
+
     start = time.perf_counter()
     _check_dataset_args(n, size, difficulty, splits, pneumonia_fraction)
+    check_seed(seed)
     out = Path(out)
+    check_output_folder(out, "a folder for the dataset (--out)")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise DataError(f"output folder {out} already exists and is not empty; choose another or remove it")
     counts = _split_counts(int(n), splits, float(pneumonia_fraction))

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from ..checkpoint import load_checkpoint
+from ..config import check_seed
 from ..data.dataset import CLASS_NAMES, Sample, decode_images
 from ..data.source import open_eval_data
 from ..errors import ConfigError
@@ -123,6 +124,7 @@ def evaluate(
         raise ConfigError(f"--bootstrap {bootstrap}: use 0 (no intervals) or at least 100 resamples")
     if n_bins < 1:
         raise ConfigError(f"--bins {n_bins}: must be positive")
+    check_seed(ci_seed, "--ci-seed")
     # A bad --out fails now, not after the model ran, and creates nothing.
     check_output_folder(out, "a folder for metrics.json, plots and predictions.csv")
     predictor = Predictor(load_checkpoint(checkpoint), device=device, precision=precision, batch_size=batch_size)

@@ -24,8 +24,9 @@ import numpy as np
 import torch
 
 from ..data.dataset import decode_images, resolve_eval_samples
+from ..config import check_seed
 from ..errors import ConfigError
-from ..fileio import atomic_write_text
+from ..fileio import atomic_write_text, check_output_folder
 from ..inference import Predictor
 from .cam import GRADIENT_METHODS, canonical_method, explain_many
 from .groundtruth import folder_masks, lesion_ground_truth
@@ -103,8 +104,14 @@ def explain_eval(
     names = list(dict.fromkeys(canonical_method(m) for m in methods))
     if masks is not None and boxes is not None:
         raise ConfigError("give lesion --masks or --boxes, not both")
-    if steps < 1 or batch_size < 1 or tolerance < 0 or not 0 < iou_threshold <= 1:
-        raise ConfigError("steps and batch size must be >= 1, tolerance >= 0, and the IoU threshold in (0, 1]")
+    for name, value, ok, limit in (("steps", steps, steps >= 1, "at least 1"),
+                                   ("batch size", batch_size, batch_size >= 1, "at least 1"),
+                                   ("tolerance", tolerance, tolerance >= 0, "at least 0"),
+                                   ("IoU threshold", iou_threshold, 0 < iou_threshold <= 1, "in (0, 1]")):
+        if not ok:
+            raise ConfigError(f"{name} must be {limit}, not {value}")
+    check_seed(seed)
+    check_output_folder(out, "a folder for explain_eval.csv and .json (--out)")  # before any work
     data = Path(data)
     predictor = Predictor(checkpoint, device=device, precision=precision, batch_size=batch_size)
     ckpt, model = predictor.ckpt, predictor.ckpt.model
