@@ -4,11 +4,19 @@
 from __future__ import annotations
 
 import errno
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import typer
 
 from conftest import assert_user_error
+
+import pneumoscope
 
 
 @pytest.fixture
@@ -81,3 +89,21 @@ def test_an_oserror_about_a_path_is_one_line_naming_the_target(capsys, tmp_path,
     assert capsys.readouterr().err.strip() == f"error: {a_file}: is a file, where a folder was expected"
     with pytest.raises(OSError, match="no path involved"):
         a_bug()
+
+
+def test_synth_stopped_by_sigterm_leaves_nothing(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(Path(pneumoscope.__file__).resolve().parents[1])}
+    job = subprocess.Popen([sys.executable, "-m", "pneumoscope", "synth", "--out", str(tmp_path / "big"), "--n", "4000",
+                            "--size", "128", "--workers", "2"], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not list(tmp_path.glob(".big.partial-*/*")) and job.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert job.poll() is None, "synth ended before it could be stopped"
+        job.send_signal(signal.SIGTERM)
+        _, err = job.communicate(timeout=60)
+    finally:
+        if job.poll() is None:
+            job.kill()
+    assert job.returncode == 130 and "interrupted" in err and "Traceback" not in err, err
+    assert list(tmp_path.iterdir()) == []  # neither the dataset nor its hidden partial folder

@@ -508,8 +508,14 @@ def synth(
         None, "--workers", help="Processes drawing images (default: one per core); the files do not depend on it."),
 ) -> None:
     """Draw a synthetic chest-phantom dataset with a lesion mask per PNEUMONIA image."""
+    import signal
+
     from .data.synth import synth_dataset
 
+    def stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt  # a SIGTERM removes the half-drawn folder as Ctrl-C does
+
+    signal.signal(signal.SIGTERM, stop)
     s = synth_dataset(out, n=n, size=size, seed=seed, difficulty=difficulty, shortcut=shortcut, progress=_progress(),
                       workers=workers)
     _say(f"wrote {sum(sum(c.values()) for c in s.counts.values())} images to {s.root} in {s.seconds:.1f} s")
