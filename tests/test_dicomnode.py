@@ -10,6 +10,7 @@ from pathlib import Path
 
 import highdicom as hd
 import numpy as np
+import pydicom
 import pytest
 from conftest import assert_user_error
 from dicomnode_util import Collector, free_port, save_tiny_checkpoint, scu, store, wait_for
@@ -18,7 +19,7 @@ from pydicom.uid import SecondaryCaptureImageStorage
 
 from pneumoscope.data.io import read_image
 from pneumoscope.data.results import PNEUMONIA, result_uid
-from pneumoscope.dicomnode import DicomNode, NodeSettings, parse_destination, spool_status
+from pneumoscope.dicomnode import DicomNode, NodeSettings, load_node, parse_destination, spool_status
 from pneumoscope.dicomnode.destinations import DimseSender
 from pneumoscope.dicomnode.node import Scorer
 from pneumoscope.dicomnode.synthetic import synthetic_radiograph
@@ -135,6 +136,27 @@ def test_store_returns_an_sr_and_an_overlay_into_the_study(node, predictor, tmp_
             out = subprocess.run([DCIODVFY, str(_saved(ds, tmp_path / f"{name}.v.dcm"))], capture_output=True, text=True)
             errors = [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("Error")]
             assert not errors, (name, errors)
+
+
+TYPE2 = ("PatientBirthDate", "PatientSex", "StudyID", "AccessionNumber", "ReferringPhysicianName",
+         "StudyDate", "StudyTime")
+
+
+def test_anonymised_source_lacking_type2_attributes_is_scored_with_them_empty(node, tmp_path) -> None:
+    n, sender = node
+    src = synthetic_radiograph("dx_processing", patient_id="ANON-1", patient_name="Anon^")
+    for kw in TYPE2:
+        del src[kw]
+    assert store(n.port, src) == [0]
+    wait_for(n.idle, what="scoring and delivery")
+    assert spool_status(n.spool.root)["failed"] == 0
+    srs, scs = sender.of_modality("SR"), [d for d in sender.datasets if d.SOPClassUID == SecondaryCaptureImageStorage]
+    assert len(srs) == 1 and len(scs) == 1
+    for out in (srs[0], scs[0]):
+        back = pydicom.dcmread(_saved(out, tmp_path / "out.dcm"))  # written, then read back
+        assert (back.PatientID, str(back.PatientName)) == ("ANON-1", "Anon^")
+        for kw in TYPE2:
+            assert kw in back and back[kw].value in ("", None), (back.Modality, kw)
 
 
 def _saved(ds, path: Path) -> Path:
@@ -298,12 +320,14 @@ def test_destination_forms() -> None:
 
 
 def test_cli_start_up_errors(run_cli, tmp_path, ckpt) -> None:
-    spool = tmp_path / "spool"
+    spool = tmp_path / "new" / "spool"  # refused: nothing of it is left behind
     assert_user_error(run_cli("listen", "--checkpoint", ckpt, "--spool", spool, "--send-to", "ftp://x"),
                       "bad destination URL", "ftp://x")
+    assert not (tmp_path / "new").exists()
     bad_ckpt = tmp_path / "bad.ckpt"
     bad_ckpt.write_bytes(b"not a checkpoint")
     assert_user_error(run_cli("listen", "--checkpoint", bad_ckpt, "--spool", spool, "--send-to", DEST), str(bad_ckpt))
+    assert not (tmp_path / "new").exists()
     import socket
 
     with socket.socket() as s:
@@ -312,6 +336,11 @@ def test_cli_start_up_errors(run_cli, tmp_path, ckpt) -> None:
         port = s.getsockname()[1]
         assert_user_error(run_cli("listen", "--checkpoint", ckpt, "--spool", spool, "--send-to", DEST,
                                   "--port", port, "--device", "cpu"), f"127.0.0.1:{port}", "in use")
+        assert not (tmp_path / "new").exists()
+        # The port is checked before the spool is created (and the model loaded).
+        with pytest.raises(ConfigError, match="in use"):
+            load_node(NodeSettings(spool=spool, send_to=[DEST], port=port), bad_ckpt)
+        assert not (tmp_path / "new").exists()
 
 
 def test_cli_status(run_cli, tmp_path, predictor) -> None:

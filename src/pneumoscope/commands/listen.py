@@ -58,9 +58,16 @@ def listen(
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     log.addHandler(handler)
     log.setLevel(logging.INFO)
+    # The topmost folder of --spool that does not exist yet (None: the spool exists).
+    new_root = next((p for p in (*reversed(spool.absolute().parents), spool.absolute()) if not p.exists()), None)
     try:
-        node = load_node(settings, checkpoint)
-        node.start()
+        try:
+            node = load_node(settings, checkpoint)
+            node.start()
+        except BaseException:
+            if new_root is not None:  # refused at start-up: leave no spool behind (only empty folders go)
+                _remove_empty_folders(new_root)
+            raise
         _say(f"listening as {ae_title} on {host}:{node.port} (Ctrl-C to stop; "
              f"`pneumoscope listen --status --spool {spool}`)")
         stop = threading.Event()
@@ -74,3 +81,16 @@ def listen(
             _say("stopped; anything not yet delivered stays in the spool")
     finally:
         log.removeHandler(handler)
+
+
+def _remove_empty_folders(root: Path) -> None:
+    """Remove ``root`` and the folders under it, deepest first, as long as they are empty."""
+    for folder in sorted((p for p in root.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+        try:
+            folder.rmdir()
+        except OSError:
+            pass
+    try:
+        root.rmdir()
+    except OSError:
+        pass

@@ -61,10 +61,11 @@ _PRESENT = codes.SCT.Present
 _ABSENT = codes.SCT.Absent
 
 
-# Type 2 (and 2C) attributes of the SC's modules that must be present even when empty.
+# Type 2 (and 2C) Patient/General Study attributes of the SR and SC: present even when empty.
+# Anonymised sources often lack some; the results get them empty (see _with_type2).
 _TYPE2 = (
     "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyID", "AccessionNumber",
-    "ReferringPhysicianName",
+    "ReferringPhysicianName", "StudyDate", "StudyTime",
 )
 
 
@@ -175,7 +176,7 @@ def pneumonia_sr(source: Dataset, prob: float, algorithm: Algorithm) -> hd.sr.Co
         imaging_measurements=[group],
     )
     sr = hd.sr.Comprehensive3DSR(
-        evidence=[source],
+        evidence=[_with_type2(source)],  # highdicom reads the Type 2 attributes unguarded
         content=report,
         series_instance_uid=result_uid(source.StudyInstanceUID, algorithm.model_id, "sr-series"),
         series_number=SR_SERIES_NUMBER,
@@ -319,6 +320,21 @@ def _orientation(source: Dataset | None) -> tuple[str, str]:
     if value is not None and not isinstance(value, str) and len(value) == 2 and all(str(v) for v in value):
         return (str(value[0]), str(value[1]))
     return ("L", "F")
+
+
+def _with_type2(source: Dataset) -> Dataset:
+    """The source's attributes (less pixel data) with every missing :data:`_TYPE2` attribute empty.
+
+    A new dataset sharing the source's elements: the source itself is not modified.
+    """
+    header = Dataset()
+    for elem in source:
+        if elem.tag.group != 0x7FE0:  # (Float/Double) Pixel Data
+            header.add(elem)
+    for keyword in _TYPE2:
+        if keyword not in header:
+            setattr(header, keyword, "")
+    return header
 
 
 def _copy_character_set(source: Dataset, target: Dataset) -> None:

@@ -185,8 +185,7 @@ class DicomNode:
         try:
             self._server = ae.start_server((s.host, s.port), block=False, evt_handlers=handlers)
         except OSError as exc:
-            what = "the port is already in use" if getattr(exc, "errno", None) in (98, 48, 10048) else (exc.strerror or str(exc))
-            raise ConfigError(f"cannot listen on {s.host}:{s.port}: {what}") from None
+            raise _bind_error(s.host, s.port, exc) from None
         self.port = int(self._server.server_address[1])
         self._stop.clear()
         for key in self.spool.scored_keys():  # results confirmed just before a crash
@@ -380,6 +379,28 @@ def _mtime(p: Path) -> float:
         return time.time()
 
 
+def _bind_error(host: str, port: int, exc: OSError) -> ConfigError:
+    what = "the port is already in use" if getattr(exc, "errno", None) in (98, 48, 10048) else (exc.strerror or str(exc))
+    return ConfigError(f"cannot listen on {host}:{port}: {what}")
+
+
+def check_port(host: str, port: int) -> None:
+    """Bind ``host:port`` for a moment, as the server will (``SO_REUSEADDR``), and let it go.
+
+    Raises:
+        ConfigError: The port is in use or cannot be bound (same message as :meth:`DicomNode.start`).
+    """
+    import socket
+
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(address)
+    except OSError as exc:  # socket.gaierror included: an unknown host
+        raise _bind_error(host, port, exc) from None
+
+
 def load_node(settings: NodeSettings, checkpoint: str | Path) -> DicomNode:
     """Check the settings, then load the checkpoint, then build the node (in that order, so a bad
     URL is reported before the model is loaded).
@@ -391,6 +412,7 @@ def load_node(settings: NodeSettings, checkpoint: str | Path) -> DicomNode:
     from ..inference import Predictor
 
     settings.destinations()
+    check_port(settings.host, settings.port)  # a busy port is refused before the spool is created
     Spool(settings.spool)  # an unwritable spool is reported before the model is loaded
     predictor = Predictor(checkpoint, device=settings.device, precision=settings.precision, batch_size=1)
     return DicomNode(settings, predictor)
