@@ -15,7 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 
 _PERSON = re.compile(r"person(\d+)_", re.IGNORECASE)
 _IM = re.compile(r"(?:NORMAL2-)?IM-(\d+)-", re.IGNORECASE)
@@ -77,6 +77,8 @@ def patient_split(
     """
     from sklearn.model_selection import StratifiedGroupKFold
 
+    if not 0.0 < val_fraction < 1.0:  # NaN fails this too
+        raise ConfigError(f"val_fraction must be between 0 and 1 (exclusive), not {val_fraction!r}")
     y = np.asarray(labels)
     n_folds = max(2, int(round(1.0 / val_fraction)))
     n_groups = len(set(groups))
@@ -86,10 +88,15 @@ def patient_split(
             "add images, raise val_fraction, or pass --val-source val"
         )
     for c in np.unique(y):
-        if len({g for g, lab in zip(groups, y) if lab == c}) < n_folds:
+        n_class = len({g for g, lab in zip(groups, y) if lab == c})
+        if n_class < n_folds:
+            from .dataset import CLASS_NAMES  # (dataset imports this module)
+
+            name = CLASS_NAMES[int(c)] if 0 <= int(c) < len(CLASS_NAMES) else f"label {int(c)}"
             # StratifiedGroupKFold would silently leave a class out of validation.
             raise DataError(
-                f"class {int(c)} has fewer than {n_folds} patients; too few for a patient-level validation split"
+                f"class {name} has only {n_class} patient(s), fewer than the {n_folds} a {val_fraction:.0%} "
+                "patient-level validation split needs; add images, raise val_fraction, or pass --val-source val"
             )
     sgkf = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
     train_idx, val_idx = next(sgkf.split(np.zeros(len(y)), y, groups=list(groups)))

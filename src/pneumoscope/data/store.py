@@ -25,13 +25,18 @@ import functools
 import hashlib
 import json
 import os
+import pickle
+import re
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 import numpy as np
 import torch
@@ -170,6 +175,256 @@ def read_store_index(store: str | Path) -> dict[str, Any]:
     return index
 
 
+# ----------------------------------------------------------------------------- options
+
+_CHUNK_BYTES = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*(tb|gb|mb|kb|t|g|m|k|b)", re.IGNORECASE)
+_UNIT_BYTES = {"b": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "t": 1000**4}
+
+
+def parse_chunk_bytes(value: str | int) -> int:
+    """``--chunk-bytes`` (``64MB``, ``512KB``, ``1.5GB``, as LitData reads it, or an int) → bytes."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        n = value
+    else:
+        m = _CHUNK_BYTES.fullmatch(str(value).strip())
+        if m is None:
+            raise ConfigError(f"--chunk-bytes must be a size such as 64MB (a number then B, KB, MB, GB or TB), not {value!r}")
+        n = int(float(m.group(1)) * _UNIT_BYTES[m.group(2).lower()[0]])
+    if n < 1:
+        raise ConfigError(f"--chunk-bytes must be at least 1B, not {value!r}")
+    return n
+
+
+def _smallest_model_input() -> tuple[int, str]:
+    """(size, model): the smallest input any registered model takes; a store below it trains none."""
+    from ..models import get_model_info, list_models
+
+    return min((get_model_info(name).min_input_size, name) for name in list_models())
+
+
+def _check_options(image_size: int, val_fraction: float, seed: int) -> None:
+    """Refuse, before any work, the option values that would fail later or write a useless store."""
+    from ..config import check_seed
+
+    smallest, model = _smallest_model_input()
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < smallest:
+        raise ConfigError(f"--image-size must be at least {smallest} px, the smallest input any model takes "
+                          f"({model}), not {image_size!r}")
+    if not 0.0 < val_fraction < 1.0:  # NaN fails this too
+        raise ConfigError(f"--val-fraction must be between 0 and 1 (exclusive): the fraction of train patients "
+                          f"held out for validation, not {val_fraction!r}")
+    check_seed(seed, "--seed")
+
+
+# ----------------------------------------------------------------------------- interruption
+
+
+class PrepareTerminated(BaseException):
+    """SIGTERM arrived while a store was being prepared (like KeyboardInterrupt, nothing is left behind)."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise PrepareTerminated()
+
+
+def _in_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+def _ignore_stop_signals() -> None:
+    """While cleaning up after an interrupt: a second Ctrl-C must not cut the clean-up short."""
+    if _in_main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _stoppable(fn: _F) -> _F:
+    """Run ``fn`` with SIGINT raising KeyboardInterrupt and SIGTERM :class:`PrepareTerminated`.
+
+    Whatever handlers were there before (LitData's, which exits 0 on SIGINT, used to stay) are put
+    back afterwards. Signals left ignored (a background job) stay ignored. Main thread only.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if not _in_main_thread():
+            return fn(*args, **kwargs)
+        old = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            if old[signal.SIGINT] is not signal.SIG_IGN:
+                signal.signal(signal.SIGINT, signal.default_int_handler)
+            if old[signal.SIGTERM] is not signal.SIG_IGN:
+                signal.signal(signal.SIGTERM, _raise_terminated)
+            return fn(*args, **kwargs)
+        finally:
+            for sig, handler in old.items():
+                signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _write_subsets(fn: Callable[..., Any], jobs: list[tuple[str, list[_Task]]], tmp: Path, *, chunk_bytes: int,
+                   workers: int, progress: bool) -> None:
+    """Write each subset's LitData dataset under ``tmp`` (decoding in ``workers`` processes)."""
+    import litdata
+
+    for name, tasks in jobs:
+        litdata.optimize(
+            fn=fn, inputs=tasks, output_dir=str(tmp / name), chunk_bytes=chunk_bytes,
+            num_workers=max(1, min(workers, len(tasks))), verbose=progress, reorder_files=False,
+            # fork starts workers at once (spawn re-imports torch in each, seconds apiece).
+            start_method="fork" if sys.platform.startswith("linux") else "spawn",
+        )
+
+
+_WRITER_ERROR = ".writer-error.pickle"
+
+
+def _writer_main(*args: Any, **kwargs: Any) -> None:
+    """The forked writer process: :func:`_write_subsets`, its failure pickled into the partial folder.
+
+    SIGINT arrives here blocked (see :func:`_write_subsets_isolated`) and stays blocked, in this
+    process and in LitData's workers, which fork from it: a Ctrl-C at the terminal reaches the
+    whole process group, and LitData's own SIGINT handler would ``os._exit(0)`` this process
+    while its workers run on. Only the parent acts on a Ctrl-C, by killing this process tree.
+    SIGTERM keeps its default action, which LitData uses to stop its workers on an error.
+    """
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+    code = 0
+    try:
+        _write_subsets(*args, **kwargs)
+    except BaseException as exc:  # noqa: BLE001 - every failure goes back to the parent
+        code = 1
+        tb = traceback.format_exc()
+        try:
+            payload = pickle.dumps((exc, tb))
+        except Exception:  # noqa: BLE001 - an exception that does not pickle: its traceback then
+            payload = pickle.dumps((None, tb))
+        with open(Path(args[2]) / _WRITER_ERROR, "wb") as fh:
+            fh.write(payload)
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:  # noqa: BLE001
+                pass
+        # No interpreter clean-up: LitData's queues and threads belong to a finished job.
+        os._exit(code)
+
+
+def _set_child_subreaper(on: bool) -> None:
+    """Linux: orphaned descendants (LitData's workers, once the writer is killed) are ours to reap."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(36, int(on), 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+    except Exception:  # noqa: BLE001 - without it, init reaps them
+        pass
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every live descendant of ``pid`` (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", encoding="utf-8", errors="replace") as fh:
+                ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry.name))
+    out: list[int] = []
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), ()):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def _kill_tree(pid: int) -> list[int]:
+    """SIGKILL ``pid`` and all its descendants (stopped first, so none can fork meanwhile)."""
+    found = [pid]
+    for _ in range(20):
+        for p in found:
+            try:
+                os.kill(p, signal.SIGSTOP)
+            except ProcessLookupError:
+                pass
+        new = [p for p in _descendants(pid) if p not in found]
+        if not new:
+            break
+        found += new
+    for p in found:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return found[1:]
+
+
+def _write_subsets_isolated(fn: Callable[..., Any], jobs: list[tuple[str, list[_Task]]], tmp: Path, **kwargs: Any) -> None:
+    """:func:`_write_subsets` in a forked writer process that an interrupt kills with its workers.
+
+    LitData's ``optimize`` cannot be stopped cleanly from inside: it replaces the SIGINT handler
+    with one that exits 0 and leaves its workers running, and a KeyboardInterrupt that gets past
+    it leaves workers and queue threads that can hang the exit. So it runs in a child process
+    whose whole tree this process SIGKILLs on Ctrl-C or SIGTERM, reaps, and only then lets the
+    caller remove the partial folder, which nothing writes into any more.
+    """
+    if not sys.platform.startswith("linux"):
+        _write_subsets(fn, jobs, tmp, **kwargs)
+        return
+    import multiprocessing
+
+    proc = multiprocessing.get_context("fork").Process(
+        target=_writer_main, args=(fn, jobs, tmp), kwargs=kwargs, name="pneumoscope-store-writer"
+    )
+    stop = {signal.SIGINT, signal.SIGTERM}
+    _set_child_subreaper(True)
+    try:
+        # Blocked across the fork: the writer starts with both blocked, and a signal that comes
+        # meanwhile is raised here once start() has returned, inside the try below.
+        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, stop)
+        try:
+            try:
+                proc.start()
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+            proc.join()
+        except BaseException:
+            _ignore_stop_signals()
+            if proc.pid is not None:
+                others = _kill_tree(proc.pid)
+                proc.join()
+                for p in others:  # reparented to this process (the subreaper) once the writer died
+                    try:
+                        os.waitpid(p, 0)
+                    except ChildProcessError:
+                        pass
+            raise
+    finally:
+        _set_child_subreaper(False)
+    if proc.exitcode != 0:
+        try:
+            exc, tb = pickle.loads((tmp / _WRITER_ERROR).read_bytes())
+        except Exception:  # noqa: BLE001 - killed without a word (the OOM killer, kill -9)
+            raise RuntimeError(f"the store writer process ended with exit code {proc.exitcode}") from None
+        if isinstance(exc, PneumoscopeError):
+            raise exc
+        if exc is None:
+            raise RuntimeError(f"writing the store failed in the writer process:\n{tb}")
+        if hasattr(exc, "add_note"):
+            exc.add_note(f"in the store writer process:\n{tb}")
+        raise exc
+
+
+@_stoppable
 def prepare_store(
     data: str | Path,
     out: str | Path,
@@ -205,13 +460,14 @@ def prepare_store(
         A :class:`PrepareResult`.
 
     Raises:
+        ConfigError: An option out of its range (image size, validation fraction, seed, chunk size).
         DataError: ``data`` is not a dataset, or ``out`` holds something else.
+        KeyboardInterrupt, PrepareTerminated: Ctrl-C or SIGTERM; the decoding processes are
+            killed and the partial folder removed first.
     """
-    import litdata
-
     t0 = time.perf_counter()
-    if image_size < 1:
-        raise DataError(f"--image-size must be positive, not {image_size}")
+    _check_options(image_size, val_fraction, seed)
+    chunk = parse_chunk_bytes(chunk_bytes)
     out = Path(out)
     data = Path(data)
     request = {
@@ -223,7 +479,12 @@ def prepare_store(
         if reused is not None:
             return PrepareResult(out, reused, True, time.perf_counter() - t0)
     Preprocessing(image_size, intensity=intensity)  # a bad intensity fails before any work
-    splits = load_splits(data, val_source, val_fraction, seed)
+    try:
+        splits = load_splits(data, val_source, val_fraction, seed)
+    except DataError as exc:
+        if not str(exc).startswith(str(data)):
+            raise DataError(f"{data}: {exc}") from None  # say which dataset (the split's own messages do not)
+        raise
     source_split = {"split": "train", "val": "val", "test": "test"}[val_source]
     subsets: dict[str, tuple[list[Sample], str]] = {"train": (splits.train, "train"), "val": (splits.val, source_split)}
     if splits.test and val_source != "test":
@@ -246,14 +507,9 @@ def prepare_store(
         fn = functools.partial(
             _store_item, size=int(image_size), intensity=intensity, jpeg_draft=bool(jpeg_draft), errors_dir=str(errors_dir)
         )
-        for name, (samples, split) in subsets.items():
-            tasks = [_Task(i, str(s.path), s.label, s.patient_id, split) for i, s in enumerate(samples)]
-            litdata.optimize(
-                fn=fn, inputs=tasks, output_dir=str(tmp / name), chunk_bytes=chunk_bytes,
-                num_workers=max(1, min(int(workers), len(tasks))), verbose=progress, reorder_files=False,
-                # fork starts workers at once (spawn re-imports torch in each, seconds apiece).
-                start_method="fork" if sys.platform.startswith("linux") else "spawn",
-            )
+        jobs = [(name, [_Task(i, str(s.path), s.label, s.patient_id, split) for i, s in enumerate(samples)])
+                for name, (samples, split) in subsets.items()]
+        _write_subsets_isolated(fn, jobs, tmp, chunk_bytes=chunk, workers=int(workers), progress=progress)
         errors = _collect_errors(errors_dir, subsets)
         shutil.rmtree(errors_dir)
         _write_errors(tmp / ERRORS_NAME, errors)
@@ -301,8 +557,10 @@ def prepare_store(
             out.rmdir()  # only an empty folder gets here (see _existing_store)
         os.rename(tmp, out)
     except BaseException:
-        # BaseException: Ctrl-C leaves nothing behind either. (A kill -9 leaves the hidden
-        # partial folder, which never looks like a store and is named in the next run's warning.)
+        # BaseException: Ctrl-C and SIGTERM leave nothing behind either (the writer processes are
+        # dead by now). A kill -9 leaves the hidden partial folder, which never looks like a store
+        # and is named in the next run's warning.
+        _ignore_stop_signals()
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return PrepareResult(out, index, False, time.perf_counter() - t0)
