@@ -380,7 +380,9 @@ def _mtime(p: Path) -> float:
 
 
 def _bind_error(host: str, port: int, exc: OSError) -> ConfigError:
-    what = "the port is already in use" if getattr(exc, "errno", None) in (98, 48, 10048) else (exc.strerror or str(exc))
+    from ..net import in_use
+
+    what = "the port is already in use" if in_use(exc) else (exc.strerror or str(exc))
     return ConfigError(f"cannot listen on {host}:{port}: {what}")
 
 
@@ -390,13 +392,10 @@ def check_port(host: str, port: int) -> None:
     Raises:
         ConfigError: The port is in use or cannot be bound (same message as :meth:`DicomNode.start`).
     """
-    import socket
+    from ..net import bind_socket
 
     try:
-        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-        with socket.socket(family, kind, proto) as sock:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind(address)
+        bind_socket(host, port).close()
     except OSError as exc:  # socket.gaierror included: an unknown host
         raise _bind_error(host, port, exc) from None
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import errno
 import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..net import bind_socket, in_use
 from .settings import ServeSettings
 
 
@@ -23,14 +23,11 @@ def _bind(host: str, port: int) -> socket.socket:
         ConfigError: The address is in use, not this machine's, or not allowed.
     """
     name = host.strip().strip("[]")
-    sock = socket.socket(socket.AF_INET6 if ":" in name else socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        sock.bind((name, port))
+        sock = bind_socket(name, port)
     except OSError as exc:
-        sock.close()
         where = f"[{name}]:{port}" if ":" in name else f"{name}:{port}"
-        if exc.errno == errno.EADDRINUSE:
+        if in_use(exc):
             raise ConfigError(f"{where} is already in use (another server?); choose a free port with --port") from None
         raise ConfigError(f"cannot listen on {where} ({exc.strerror or exc}); check --host and --port") from None
     return sock
